@@ -1,0 +1,330 @@
+"""The event contract, version 1: strict pydantic models that every incoming event must pass."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+import zoneinfo
+from datetime import date, datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Annotated, Any, Literal, Union
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from .errors import InvalidEvent
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "Owner",
+    "RenewalStatus",
+    "Person",
+    "Contacts",
+    "PartnerData",
+    "ClientData",
+    "OwnerData",
+    "ServicesEndedData",
+    "Product",
+    "RenewalData",
+    "RenewalRemovedData",
+    "PartnerUpdated",
+    "ClientUpdated",
+    "ClientOwnerChanged",
+    "ClientServicesEnded",
+    "RenewalUpdated",
+    "RenewalRemoved",
+    "Event",
+    "EVENT_TYPES",
+    "parse_event",
+    "event_json_schema",
+]
+
+CONTRACT_VERSION = 1
+
+Owner = Literal["hubspot", "partner"]
+RenewalStatus = Literal["pending", "renewed", "confirmed", "cancellation_requested"]
+
+
+def _no_control_chars(value: str) -> str:
+    # CR, LF and NUL would let a value break out of an email header or a Redis key; no
+    # legitimate name or id carries any control character, so all of them are refused.
+    for ch in value:
+        if unicodedata.category(ch) == "Cc":
+            raise ValueError(f"must not contain control characters (found {ch!r})")
+    return value
+
+
+def _email(value: str) -> str:
+    try:
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+    return str(checked.normalized)
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _timezone(value: str) -> str:
+    if value not in _known_zones():
+        raise ValueError(f"unknown IANA time zone {value!r}")
+    return value
+
+
+_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _domain(value: str) -> str:
+    host = value.strip().lower().rstrip(".")
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"not a valid domain name: {value!r}") from None
+    labels = ascii_host.split(".")
+    if (
+        len(ascii_host) > 253
+        or len(labels) < 2
+        or not all(_DOMAIN_LABEL.match(label) for label in labels)
+    ):
+        raise ValueError(f"not a valid domain name: {value!r}")
+    return host
+
+
+@lru_cache(maxsize=1)
+def _known_currencies() -> frozenset[str]:
+    from babel.numbers import list_currencies
+
+    return frozenset(list_currencies())
+
+
+def _currency(value: str) -> str:
+    if value not in _known_currencies():
+        raise ValueError(f"not an ISO 4217 currency code: {value!r}")
+    return value
+
+
+_DECIMAL_TEXT = re.compile(r"^-?\d{1,15}(\.\d{1,6})?$")
+
+
+def _decimal_text(value: Any) -> Decimal:
+    # Money travels as a JSON string so that no producer ever rounds it through a binary float.
+    if isinstance(value, Decimal):
+        return value
+    if not isinstance(value, str) or not _DECIMAL_TEXT.match(value):
+        raise ValueError(
+            'must be a decimal number written as a string, such as "1250.00"'
+        )
+    return Decimal(value)
+
+
+Id = Annotated[
+    str, Field(min_length=1, max_length=200), AfterValidator(_no_control_chars)
+]
+Name = Annotated[
+    str, Field(min_length=1, max_length=300), AfterValidator(_no_control_chars)
+]
+Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+TimeZone = Annotated[str, AfterValidator(_timezone)]
+Locale = Annotated[str, Field(pattern=r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")]
+Domain = Annotated[
+    str,
+    Field(min_length=1, max_length=253),
+    AfterValidator(_no_control_chars),
+    AfterValidator(_domain),
+]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_currency)]
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_text),
+    WithJsonSchema(
+        {"type": "string", "pattern": _DECIMAL_TEXT.pattern, "examples": ["1250.00"]}
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Person(_Model):
+    name: Name
+    email: Email
+
+
+class Contacts(_Model):
+    primary: Person | None = None
+    billing: Person | None = None
+    decision_maker: Person | None = None
+
+
+class PartnerData(_Model):
+    name: Name
+    default_owner: Owner = "hubspot"
+    notify_user: Person | None = None
+    locale: Locale = "en"
+    timezone: TimeZone = "UTC"
+
+
+class ClientData(_Model):
+    client_id: Id
+    domain: Domain
+    name: Name | None = None
+    locale: Locale
+    timezone: TimeZone | None = None
+    contacts: Contacts
+
+
+class OwnerData(_Model):
+    client_id: Id
+    owner: Owner | None
+    notify_user: Person | None = None
+
+
+class ServicesEndedData(_Model):
+    client_id: Id
+
+
+class Product(_Model):
+    name: Name
+    current_mrr: Money
+    renewal_mrr: Money
+
+
+class RenewalData(_Model):
+    renewal_id: Id
+    client_id: Id
+    start_date: date
+    products: list[Product] = Field(min_length=1)
+    currency: Currency
+    current_mrr: Money
+    renewal_mrr: Money
+    status: RenewalStatus = "pending"
+    renewal_manager: Person | None = None
+
+
+class RenewalRemovedData(_Model):
+    renewal_id: Id
+
+
+class _Envelope(_Model):
+    event_id: Id
+    occurred_at: AwareDatetime
+    partner_id: Id
+
+
+class PartnerUpdated(_Envelope):
+    type: Literal["partner.updated"]
+    data: PartnerData
+
+
+class ClientUpdated(_Envelope):
+    type: Literal["client.updated"]
+    data: ClientData
+
+
+class ClientOwnerChanged(_Envelope):
+    type: Literal["client.owner_changed"]
+    data: OwnerData
+
+
+class ClientServicesEnded(_Envelope):
+    type: Literal["client.services_ended"]
+    data: ServicesEndedData
+
+
+class RenewalUpdated(_Envelope):
+    type: Literal["renewal.updated"]
+    data: RenewalData
+
+
+class RenewalRemoved(_Envelope):
+    type: Literal["renewal.removed"]
+    data: RenewalRemovedData
+
+
+Event = Annotated[
+    Union[
+        PartnerUpdated,
+        ClientUpdated,
+        ClientOwnerChanged,
+        ClientServicesEnded,
+        RenewalUpdated,
+        RenewalRemoved,
+    ],
+    Field(discriminator="type"),
+]
+EVENT_TYPES = (
+    "partner.updated",
+    "client.updated",
+    "client.owner_changed",
+    "client.services_ended",
+    "renewal.updated",
+    "renewal.removed",
+)
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    # The discriminated union puts the tag into the location ("renewal.updated"); a reader
+    # wants the path inside the event, so the tag is dropped.
+    parts = [str(p) for p in loc if str(p) not in EVENT_TYPES]
+    return ".".join(parts)
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "union_tag_invalid":
+        return f"unknown event type; expected one of {', '.join(EVENT_TYPES)}"
+    if err["type"] == "union_tag_not_found":
+        return "field required (one of " + ", ".join(EVENT_TYPES) + ")"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _json_default(value: object) -> str:
+    # Lets Python producers pass Decimal, date and datetime values; floats stay floats and are refused.
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def parse_event(raw: str | bytes | dict[str, Any]) -> Event:
+    """Validate one event, raising InvalidEvent with one entry per bad field."""
+    try:
+        if isinstance(raw, dict):
+            raw = json.dumps(raw, default=_json_default)
+        return _EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors(include_url=False):
+            path = _field_path(err["loc"])
+            if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+                path = "type"
+            errors.append((path, _message(err)))
+        raise InvalidEvent(errors) from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent([("", f"not a JSON object: {exc}")]) from None
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one event, for producers to validate before sending."""
+    schema = _EVENT_ADAPTER.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"renewal-worker event, contract version {CONTRACT_VERSION}"
+    return schema

@@ -1,0 +1,133 @@
+"""Settings read once from the environment; a bad value stops start-up naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "ContactRole", "load_settings", "PROJECT_ROOT"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+ContactRole = Literal["primary", "billing", "decision_maker"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker. Without any variable set, the embedded default runs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+        env_ignore_empty=True,
+    )
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://host:6379/0). Unset: in-process broker and store.",
+    )
+    key_prefix: str = Field(
+        default="rw", description="Prefix of every Redis key the worker writes."
+    )
+
+    smtp_host: str | None = Field(
+        default=None,
+        description="SMTP server. Unset: emails go to OUTBOX_DIR as .eml files.",
+    )
+    smtp_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Default 25, 587 (starttls) or 465 (tls).",
+    )
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        default="starttls", description="Transport security."
+    )
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_timeout_s: float = Field(default=30.0, gt=0)
+    smtp_pool_size: int = Field(
+        default=4, ge=1, le=64, description="Persistent SMTP connections per process."
+    )
+    smtp_ca_file: Path | None = Field(
+        default=None, description="Extra CA bundle to trust (tests, private CAs)."
+    )
+    mail_from: str = Field(
+        default="Renewals <renewals@example.com>",
+        description="From header and envelope sender.",
+    )
+
+    outbox_dir: Path = Field(
+        default=Path("outbox"),
+        description="Where the embedded default writes .eml files.",
+    )
+    rules_path: Path = Field(default=PROJECT_ROOT / "rules" / "default.yaml")
+    templates_dir: Path = Field(default=PROJECT_ROOT / "templates" / "email")
+
+    event_id_ttl_days: int = Field(
+        default=30, ge=1, description="How long repeated event ids are recognised."
+    )
+    hubspot_contact_roles: Annotated[tuple[ContactRole, ...], NoDecode] = Field(
+        default=("primary", "billing", "decision_maker"),
+        description="Client contacts that receive platform-owned (hubspot) mail, comma separated.",
+    )
+    dead_letter_max: int = Field(
+        default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed)."
+    )
+
+    @field_validator("hubspot_contact_roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("hubspot_contact_roles")
+    @classmethod
+    def _roles_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one of primary, billing, decision_maker")
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _credentials_need_encryption(self) -> "Settings":
+        if self.smtp_username and not self.smtp_password:
+            raise ValueError("SMTP_PASSWORD is required when SMTP_USERNAME is set")
+        if self.smtp_username and self.smtp_security == "none":
+            raise ValueError(
+                "SMTP_SECURITY=none with SMTP_USERNAME would send the password in plaintext"
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def smtp_port_effective(self) -> int:
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return {"none": 25, "starttls": 587, "tls": 465}[self.smtp_security]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment (and overrides), turning errors into ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+            lines.append(f"invalid setting {name}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
