@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 __all__ = [
-    "RenewalsError",
     "ConfigError",
     "InvalidEvent",
-    "RulesError",
-    "TransientError",
     "PermanentError",
-    "TransientSendError",
     "PermanentSendError",
+    "RenewalsError",
+    "RulesError",
     "TemplateError",
+    "TransientError",
+    "TransientSendError",
 ]
 
 
@@ -31,9 +31,7 @@ class InvalidEvent(RenewalsError):
 
     def __init__(self, errors: list[tuple[str, str]]) -> None:
         self.errors = errors
-        super().__init__(
-            "; ".join(f"{field}: {msg}" if field else msg for field, msg in errors)
-        )
+        super().__init__("; ".join(f"{field}: {msg}" if field else msg for field, msg in errors))
 
 
 class RulesError(ConfigError):
@@ -67,9 +65,7 @@ class TransientSendError(TransientError):
 class PermanentSendError(PermanentError):
     """The SMTP server refused the message for good (5xx); ``recipients`` are the refused addresses."""
 
-    def __init__(
-        self, message: str, *, code: int | None = None, recipients: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, message: str, *, code: int | None = None, recipients: tuple[str, ...] = ()) -> None:
         self.code = code
         self.recipients = recipients
         super().__init__(message)

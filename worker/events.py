@@ -9,7 +9,7 @@ import zoneinfo
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -28,27 +28,27 @@ from .errors import InvalidEvent
 
 __all__ = [
     "CONTRACT_VERSION",
-    "Owner",
-    "RenewalStatus",
-    "Person",
-    "Contacts",
-    "PartnerData",
+    "EVENT_TYPES",
     "ClientData",
-    "OwnerData",
-    "ServicesEndedData",
-    "Product",
-    "RenewalData",
-    "RenewalRemovedData",
-    "PartnerUpdated",
-    "ClientUpdated",
     "ClientOwnerChanged",
     "ClientServicesEnded",
-    "RenewalUpdated",
-    "RenewalRemoved",
+    "ClientUpdated",
+    "Contacts",
     "Event",
-    "EVENT_TYPES",
-    "parse_event",
+    "Owner",
+    "OwnerData",
+    "PartnerData",
+    "PartnerUpdated",
+    "Person",
+    "Product",
+    "RenewalData",
+    "RenewalRemoved",
+    "RenewalRemovedData",
+    "RenewalStatus",
+    "RenewalUpdated",
+    "ServicesEndedData",
     "event_json_schema",
+    "parse_event",
 ]
 
 CONTRACT_VERSION = 1
@@ -95,11 +95,7 @@ def _domain(value: str) -> str:
     except UnicodeError:
         raise ValueError(f"not a valid domain name: {value!r}") from None
     labels = ascii_host.split(".")
-    if (
-        len(ascii_host) > 253
-        or len(labels) < 2
-        or not all(_DOMAIN_LABEL.match(label) for label in labels)
-    ):
+    if len(ascii_host) > 253 or len(labels) < 2 or not all(_DOMAIN_LABEL.match(label) for label in labels):
         raise ValueError(f"not a valid domain name: {value!r}")
     return host
 
@@ -125,18 +121,12 @@ def _decimal_text(value: Any) -> Decimal:
     if isinstance(value, Decimal):
         return value
     if not isinstance(value, str) or not _DECIMAL_TEXT.match(value):
-        raise ValueError(
-            'must be a decimal number written as a string, such as "1250.00"'
-        )
+        raise ValueError('must be a decimal number written as a string, such as "1250.00"')
     return Decimal(value)
 
 
-Id = Annotated[
-    str, Field(min_length=1, max_length=200), AfterValidator(_no_control_chars)
-]
-Name = Annotated[
-    str, Field(min_length=1, max_length=300), AfterValidator(_no_control_chars)
-]
+Id = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_control_chars)]
+Name = Annotated[str, Field(min_length=1, max_length=300), AfterValidator(_no_control_chars)]
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
 TimeZone = Annotated[str, AfterValidator(_timezone)]
 Locale = Annotated[str, Field(pattern=r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")]
@@ -150,9 +140,7 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_currency
 Money = Annotated[
     Decimal,
     BeforeValidator(_decimal_text),
-    WithJsonSchema(
-        {"type": "string", "pattern": _DECIMAL_TEXT.pattern, "examples": ["1250.00"]}
-    ),
+    WithJsonSchema({"type": "string", "pattern": _DECIMAL_TEXT.pattern, "examples": ["1250.00"]}),
 ]
 
 
@@ -257,14 +245,7 @@ class RenewalRemoved(_Envelope):
 
 
 Event = Annotated[
-    Union[
-        PartnerUpdated,
-        ClientUpdated,
-        ClientOwnerChanged,
-        ClientServicesEnded,
-        RenewalUpdated,
-        RenewalRemoved,
-    ],
+    PartnerUpdated | ClientUpdated | ClientOwnerChanged | ClientServicesEnded | RenewalUpdated | RenewalRemoved,
     Field(discriminator="type"),
 ]
 EVENT_TYPES = (

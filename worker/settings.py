@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from typing import Annotated
-
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "ContactRole", "load_settings", "PROJECT_ROOT"]
+__all__ = ["PROJECT_ROOT", "ContactRole", "Settings", "load_settings"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,9 +33,7 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL (redis://host:6379/0). Unset: in-process broker and store.",
     )
-    key_prefix: str = Field(
-        default="rw", description="Prefix of every Redis key the worker writes."
-    )
+    key_prefix: str = Field(default="rw", description="Prefix of every Redis key the worker writes.")
 
     smtp_host: str | None = Field(
         default=None,
@@ -49,18 +45,12 @@ class Settings(BaseSettings):
         le=65535,
         description="Default 25, 587 (starttls) or 465 (tls).",
     )
-    smtp_security: Literal["none", "starttls", "tls"] = Field(
-        default="starttls", description="Transport security."
-    )
+    smtp_security: Literal["none", "starttls", "tls"] = Field(default="starttls", description="Transport security.")
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_timeout_s: float = Field(default=30.0, gt=0)
-    smtp_pool_size: int = Field(
-        default=4, ge=1, le=64, description="Persistent SMTP connections per process."
-    )
-    smtp_ca_file: Path | None = Field(
-        default=None, description="Extra CA bundle to trust (tests, private CAs)."
-    )
+    smtp_pool_size: int = Field(default=4, ge=1, le=64, description="Persistent SMTP connections per process.")
+    smtp_ca_file: Path | None = Field(default=None, description="Extra CA bundle to trust (tests, private CAs).")
     mail_from: str = Field(
         default="Renewals <renewals@example.com>",
         description="From header and envelope sender.",
@@ -73,16 +63,12 @@ class Settings(BaseSettings):
     rules_path: Path = Field(default=PROJECT_ROOT / "rules" / "default.yaml")
     templates_dir: Path = Field(default=PROJECT_ROOT / "templates" / "email")
 
-    event_id_ttl_days: int = Field(
-        default=30, ge=1, description="How long repeated event ids are recognised."
-    )
+    event_id_ttl_days: int = Field(default=30, ge=1, description="How long repeated event ids are recognised.")
     hubspot_contact_roles: Annotated[tuple[ContactRole, ...], NoDecode] = Field(
         default=("primary", "billing", "decision_maker"),
         description="Client contacts that receive platform-owned (hubspot) mail, comma separated.",
     )
-    dead_letter_max: int = Field(
-        default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed)."
-    )
+    dead_letter_max: int = Field(default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed).")
 
     @field_validator("hubspot_contact_roles", mode="before")
     @classmethod
@@ -99,13 +85,11 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys(value))
 
     @model_validator(mode="after")
-    def _credentials_need_encryption(self) -> "Settings":
+    def _credentials_need_encryption(self) -> Settings:
         if self.smtp_username and not self.smtp_password:
             raise ValueError("SMTP_PASSWORD is required when SMTP_USERNAME is set")
         if self.smtp_username and self.smtp_security == "none":
-            raise ValueError(
-                "SMTP_SECURITY=none with SMTP_USERNAME would send the password in plaintext"
-            )
+            raise ValueError("SMTP_SECURITY=none with SMTP_USERNAME would send the password in plaintext")
         return self
 
     @property
