@@ -1,0 +1,1 @@
+"""SMTP server fixtures (aiosmtpd on loopback); filled in by the mailer work."""
