@@ -1,0 +1,75 @@
+"""Every Redis key the worker uses, in one place, under one prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys", "key_part"]
+
+
+def key_part(value: str) -> str:
+    """Escape an id for use inside a key, so that ids containing ':' can never collide."""
+    return value.replace("%", "%25").replace(":", "%3A")
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "rw"
+
+    def seen(self, event_id: str) -> str:
+        return f"{self.prefix}:seen:{key_part(event_id)}"
+
+    def partners(self) -> str:
+        return f"{self.prefix}:partners"
+
+    def partner(self, partner_id: str) -> str:
+        return f"{self.prefix}:p:{key_part(partner_id)}"
+
+    def partner_clients(self, partner_id: str) -> str:
+        return f"{self.prefix}:p:{key_part(partner_id)}:clients"
+
+    def partner_renewals(self, partner_id: str) -> str:
+        return f"{self.prefix}:p:{key_part(partner_id)}:renewals"
+
+    def client(self, partner_id: str, client_id: str) -> str:
+        return f"{self.prefix}:p:{key_part(partner_id)}:c:{key_part(client_id)}"
+
+    def owner(self, partner_id: str, client_id: str) -> str:
+        return f"{self.client(partner_id, client_id)}:owner"
+
+    def ended(self, partner_id: str, client_id: str) -> str:
+        return f"{self.client(partner_id, client_id)}:ended"
+
+    def client_renewals(self, partner_id: str, client_id: str) -> str:
+        return f"{self.client(partner_id, client_id)}:renewals"
+
+    def renewal(self, partner_id: str, renewal_id: str) -> str:
+        return f"{self.prefix}:p:{key_part(partner_id)}:r:{key_part(renewal_id)}"
+
+    def ledger(self, partner_id: str, renewal_id: str) -> str:
+        """Hash: reminder id -> JSON of its final outcome (sent, skipped, suppressed, failed)."""
+        return f"{self.renewal(partner_id, renewal_id)}:ledger"
+
+    def lease(self, partner_id: str, renewal_id: str, reminder_id: str) -> str:
+        return f"{self.renewal(partner_id, renewal_id)}:lease:{key_part(reminder_id)}"
+
+    def planned(self, partner_id: str, renewal_id: str) -> str:
+        """Set of due-index members currently planned for one renewal (so a re-plan can replace them)."""
+        return f"{self.renewal(partner_id, renewal_id)}:planned"
+
+    def due(self) -> str:
+        """Sorted set of planned reminders by due time (epoch milliseconds)."""
+        return f"{self.prefix}:due"
+
+    def claimed(self) -> str:
+        """Sorted set of reminders claimed by a scheduler, by claim expiry; unacknowledged ones return to due."""
+        return f"{self.prefix}:due:claimed"
+
+    def suppressed(self) -> str:
+        return f"{self.prefix}:suppressed"
+
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dead-letters"
+
+    def rules_fingerprint(self) -> str:
+        return f"{self.prefix}:rules:fingerprint"

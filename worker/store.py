@@ -1,0 +1,217 @@
+"""The current state in Redis: partners, clients and renewals, applied once, in event-time order."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import redis
+from pydantic import BaseModel
+
+from .errors import TransientError
+from .events import (
+    ClientData,
+    ClientOwnerChanged,
+    ClientServicesEnded,
+    ClientUpdated,
+    Event,
+    OwnerData,
+    PartnerData,
+    PartnerUpdated,
+    RenewalData,
+    RenewalRemoved,
+    RenewalUpdated,
+)
+from .keys import Keys
+
+__all__ = ["ApplyOutcome", "ClientState", "DeadLetter", "RenewalState", "Store", "micros"]
+
+ApplyOutcome = Literal["applied", "duplicate", "stale", "already_ended"]
+M = TypeVar("M", bound=BaseModel)
+
+# Dedupe, the staleness check and the write happen in one script, so two workers applying
+# events for the same thing at once cannot interleave and leave an older state behind.
+# Ties on occurred_at are broken by event id, so every worker converges on the same state.
+_APPLY = """
+-- KEYS: seen, record, index sets...   ARGV: event_id, ttl_s, ts, mode, data, index members...
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
+local mode = ARGV[4]
+if mode == 'final' then
+  if redis.call('HEXISTS', KEYS[2], 'ts') == 1 then
+    redis.call('SET', KEYS[1], 'already_ended', 'EX', ARGV[2])
+    return 'already_ended'
+  end
+else
+  local cur = redis.call('HMGET', KEYS[2], 'ts', 'eid')
+  if cur[1] then
+    local cts = tonumber(cur[1])
+    local nts = tonumber(ARGV[3])
+    if nts < cts or (nts == cts and ARGV[1] <= cur[2]) then
+      redis.call('SET', KEYS[1], 'stale', 'EX', ARGV[2])
+      return 'stale'
+    end
+  end
+end
+if mode == 'remove' then
+  redis.call('HSET', KEYS[2], 'ts', ARGV[3], 'eid', ARGV[1], 'removed', '1')
+else
+  redis.call('HSET', KEYS[2], 'ts', ARGV[3], 'eid', ARGV[1], 'data', ARGV[5], 'removed', '0')
+end
+for i = 3, #KEYS do redis.call('SADD', KEYS[i], ARGV[i + 3]) end
+redis.call('SET', KEYS[1], 'applied', 'EX', ARGV[2])
+return 'applied'
+"""
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since the epoch: exact, comparable in Lua (well below 2**53)."""
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True)
+class ClientState:
+    """What is known of one client: details, owner override and whether its services ended."""
+
+    client_id: str
+    client: ClientData | None
+    override: OwnerData | None
+    services_ended: bool
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RenewalState:
+    renewal: RenewalData | None
+    removed: bool
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    received_at: str
+    reason: str
+    errors: list[tuple[str, str]]
+    raw: str
+
+
+def _when(ts: bytes | None) -> datetime | None:
+    if ts is None:
+        return None
+    value = int(ts)
+    return datetime.fromtimestamp(value // 1_000_000, tz=UTC).replace(microsecond=value % 1_000_000)
+
+
+class Store:
+    """Reads and writes the worker's state; every write that races another is one atomic script."""
+
+    def __init__(self, client: redis.Redis, *, keys: Keys, event_id_ttl_s: int, dead_letter_max: int = 100_000):
+        self.redis = client
+        self.keys = keys
+        self.event_id_ttl_s = event_id_ttl_s
+        self.dead_letter_max = dead_letter_max
+        self._apply = client.register_script(_APPLY)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> ApplyOutcome:
+        """Apply one valid event unless it is a repeat or older than what is stored."""
+        k = self.keys
+        pid = event.partner_id
+        record: str
+        index: list[tuple[str, str]] = [(k.partners(), pid)]
+        mode = "set"
+        data = ""
+        if isinstance(event, PartnerUpdated):
+            record = k.partner(pid)
+        elif isinstance(event, ClientUpdated):
+            record = k.client(pid, event.data.client_id)
+            index.append((k.partner_clients(pid), event.data.client_id))
+        elif isinstance(event, ClientOwnerChanged):
+            record = k.owner(pid, event.data.client_id)
+            index.append((k.partner_clients(pid), event.data.client_id))
+        elif isinstance(event, ClientServicesEnded):
+            record = k.ended(pid, event.data.client_id)
+            index.append((k.partner_clients(pid), event.data.client_id))
+            mode = "final"
+        elif isinstance(event, RenewalUpdated):
+            record = k.renewal(pid, event.data.renewal_id)
+            index.append((k.partner_renewals(pid), event.data.renewal_id))
+            index.append((k.client_renewals(pid, event.data.client_id), event.data.renewal_id))
+        elif isinstance(event, RenewalRemoved):
+            record = k.renewal(pid, event.data.renewal_id)
+            mode = "remove"
+        else:  # pragma: no cover - the union is closed
+            raise TypeError(f"unhandled event {type(event).__name__}")
+        if mode == "set":
+            data = event.data.model_dump_json()
+        keys = [k.seen(event.event_id), record, *(key for key, _ in index)]
+        args: list[Any] = [event.event_id, self.event_id_ttl_s, micros(event.occurred_at), mode, data]
+        args.extend(member for _, member in index)
+        try:
+            outcome = self._apply(keys=keys, args=args)
+        except redis.ConnectionError as exc:
+            raise TransientError(f"Redis unavailable: {exc}") from exc
+        return outcome.decode() if isinstance(outcome, bytes) else outcome  # type: ignore[no-any-return]
+
+    def add_dead_letter(self, raw: str, reason: str, errors: Iterable[tuple[str, str]], *, now: datetime) -> None:
+        entry = {"received_at": now.isoformat(), "reason": reason, "errors": list(errors), "raw": raw}
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(self.keys.dead_letters(), json.dumps(entry))
+            pipe.ltrim(self.keys.dead_letters(), 0, self.dead_letter_max - 1)
+            pipe.execute()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
+        """The newest dead letters first."""
+        rows = self.redis.lrange(self.keys.dead_letters(), 0, limit - 1)
+        out = []
+        for row in rows:
+            item = json.loads(row)
+            out.append(DeadLetter(item["received_at"], item["reason"], [tuple(e) for e in item["errors"]], item["raw"]))
+        return out
+
+    def partner(self, partner_id: str) -> PartnerData | None:
+        return _model(PartnerData, self.redis.hget(self.keys.partner(partner_id), "data"))
+
+    def client_state(self, partner_id: str, client_id: str) -> ClientState:
+        k = self.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(k.client(partner_id, client_id), "data")
+            pipe.hget(k.owner(partner_id, client_id), "data")
+            pipe.hget(k.ended(partner_id, client_id), "ts")
+            client_raw, owner_raw, ended_ts = pipe.execute()
+        return ClientState(
+            client_id=client_id,
+            client=_model(ClientData, client_raw),
+            override=_model(OwnerData, owner_raw),
+            services_ended=ended_ts is not None,
+            ended_at=_when(ended_ts),
+        )
+
+    def renewal_state(self, partner_id: str, renewal_id: str) -> RenewalState:
+        raw = self.redis.hmget(self.keys.renewal(partner_id, renewal_id), ["data", "removed", "ts"])
+        return RenewalState(renewal=_model(RenewalData, raw[0]), removed=raw[1] == b"1", updated_at=_when(raw[2]))
+
+    def partner_ids(self) -> list[str]:
+        return sorted(m.decode() for m in self.redis.smembers(self.keys.partners()))
+
+    def client_ids(self, partner_id: str) -> list[str]:
+        return sorted(m.decode() for m in self.redis.smembers(self.keys.partner_clients(partner_id)))
+
+    def renewal_ids(self, partner_id: str, client_id: str | None = None) -> list[str]:
+        """Renewal ids of a partner, or of one client (a superset: a renewal may have moved client)."""
+        key = (
+            self.keys.partner_renewals(partner_id)
+            if client_id is None
+            else self.keys.client_renewals(partner_id, client_id)
+        )
+        return sorted(m.decode() for m in self.redis.smembers(key))
+
+
+def _model(cls: type[M], raw: bytes | None) -> M | None:
+    return None if raw is None else cls.model_validate_json(raw)
