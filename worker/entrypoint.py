@@ -1,0 +1,14 @@
+"""What `dramatiq worker.entrypoint` imports: the production runtime and its actors, from the environment."""
+
+from __future__ import annotations
+
+import logging
+
+from .runtime import build_runtime, set_runtime
+
+__all__ = ["runtime", "broker"]
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+runtime = build_runtime()
+set_runtime(runtime)
+broker = runtime.broker
