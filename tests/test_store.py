@@ -1,0 +1,147 @@
+"""The store applies each event once, in event-time order, per partner, on fakeredis (fast)."""
+
+from __future__ import annotations
+
+import pytest
+
+from factories import client_updated, owner_changed, partner_updated, renewal_removed, renewal_updated, services_ended
+from worker.events import parse_event
+from worker.keys import Keys
+from worker.store import Store
+
+
+@pytest.fixture
+def store(fake_redis) -> Store:
+    return Store(fake_redis, keys=Keys("t"), event_id_ttl_s=60)
+
+
+def apply(store: Store, raw) -> str:
+    return store.apply(parse_event(raw))
+
+
+def test_a_repeated_event_id_is_ignored(store):
+    raw = partner_updated(event_id="same")
+    assert apply(store, raw) == "applied"
+    assert apply(store, raw) == "duplicate"
+
+
+def test_event_ids_are_remembered_for_the_configured_time(store, fake_redis):
+    apply(store, partner_updated(event_id="e-ttl"))
+    ttl = fake_redis.ttl(store.keys.seen("e-ttl"))
+    assert 0 < ttl <= 60
+
+
+def test_an_older_event_is_stale_and_the_newest_state_wins(store):
+    apply(store, client_updated(at="2026-12-02T00:00:00Z", domain="new.com"))
+    assert apply(store, client_updated(at="2026-12-01T00:00:00Z", domain="old.com")) == "stale"
+    state = store.client_state("p1", "c1")
+    assert state.client is not None
+    assert state.client.domain == "new.com"
+
+
+def test_occurred_at_is_compared_as_an_instant_across_offsets(store):
+    apply(store, client_updated(at="2026-12-01T10:00:00+02:00", domain="first.com"))  # 08:00Z
+    assert apply(store, client_updated(at="2026-12-01T09:00:00+00:00", domain="second.com")) == "applied"
+
+
+def test_equal_timestamps_converge_whatever_the_delivery_order(fake_redis):
+    a = client_updated(at="2026-12-01T00:00:00Z", event_id="a", domain="a.com")
+    b = client_updated(at="2026-12-01T00:00:00Z", event_id="b", domain="b.com")
+    results = []
+    for order in ((a, b), (b, a)):
+        s = Store(fake_redis, keys=Keys(f"o{len(results)}"), event_id_ttl_s=60)
+        for raw in order:
+            apply(s, raw)
+        state = s.client_state("p1", "c1")
+        assert state.client is not None
+        results.append(state.client.domain)
+    assert results[0] == results[1]
+
+
+def test_client_details_and_owner_override_age_separately(store):
+    apply(store, owner_changed(at="2026-12-05T00:00:00Z", owner="partner"))
+    assert apply(store, client_updated(at="2026-12-01T00:00:00Z")) == "applied"
+    state = store.client_state("p1", "c1")
+    assert state.client is not None
+    assert state.override is not None
+    assert state.override.owner == "partner"
+
+
+def test_renewal_update_and_removal_share_one_clock(store):
+    apply(store, renewal_updated(at="2026-12-01T00:00:00Z"))
+    assert apply(store, renewal_removed(at="2026-12-02T00:00:00Z")) == "applied"
+    assert store.renewal_state("p1", "r1").removed
+    assert apply(store, renewal_updated(at="2026-12-01T12:00:00Z")) == "stale"
+    assert store.renewal_state("p1", "r1").removed
+    assert apply(store, renewal_updated(at="2026-12-03T00:00:00Z")) == "applied"
+    state = store.renewal_state("p1", "r1")
+    assert not state.removed
+    assert state.renewal is not None
+
+
+def test_a_removal_arriving_before_its_update_still_wins(store):
+    assert apply(store, renewal_removed(at="2026-12-02T00:00:00Z")) == "applied"
+    assert apply(store, renewal_updated(at="2026-12-01T00:00:00Z")) == "stale"
+    assert store.renewal_state("p1", "r1").removed
+
+
+def test_services_ended_is_final_whatever_comes_later(store):
+    apply(store, services_ended(at="2026-12-05T00:00:00Z"))
+    assert apply(store, client_updated(at="2026-12-06T00:00:00Z")) == "applied"
+    assert apply(store, services_ended(at="2026-12-07T00:00:00Z")) == "already_ended"
+    state = store.client_state("p1", "c1")
+    assert state.services_ended
+    assert state.client is not None
+
+
+def test_services_ended_counts_even_when_it_is_older_than_the_client_details(store):
+    apply(store, client_updated(at="2026-12-06T00:00:00Z"))
+    assert apply(store, services_ended(at="2026-12-01T00:00:00Z")) == "applied"
+    assert store.client_state("p1", "c1").services_ended
+
+
+def test_two_partners_may_use_the_same_client_id(store):
+    apply(store, client_updated(partner_id="p1", domain="one.com"))
+    apply(store, client_updated(partner_id="p2", domain="two.com"))
+    apply(store, services_ended(partner_id="p2"))
+    one, two = store.client_state("p1", "c1"), store.client_state("p2", "c1")
+    assert one.client is not None and two.client is not None
+    assert (one.client.domain, two.client.domain) == ("one.com", "two.com")
+    assert (one.services_ended, two.services_ended) == (False, True)
+
+
+def test_ids_with_colons_cannot_collide_in_keys(store):
+    apply(store, client_updated(partner_id="a:b", client_id="c", domain="one.com"))
+    apply(store, client_updated(partner_id="a", client_id="b:c", domain="two.com"))
+    first = store.client_state("a:b", "c").client
+    assert first is not None and first.domain == "one.com"
+
+
+def test_indexes_list_partners_clients_and_renewals(store):
+    apply(store, partner_updated(partner_id="p9"))
+    apply(store, client_updated(partner_id="p9", client_id="c2"))
+    apply(store, renewal_updated(partner_id="p9", client_id="c2", renewal_id="r7"))
+    assert store.partner_ids() == ["p9"]
+    assert store.client_ids("p9") == ["c2"]
+    assert store.renewal_ids("p9") == ["r7"]
+    assert store.renewal_ids("p9", "c2") == ["r7"]
+
+
+def test_dead_letters_keep_reason_errors_and_raw_body_newest_first(store):
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    store.add_dead_letter("first", "invalid_event", [("data.x", "bad")], now=now)
+    store.add_dead_letter("second", "malformed_message", [], now=now)
+    letters = store.dead_letters()
+    assert [d.raw for d in letters] == ["second", "first"]
+    assert letters[1].errors == [("data.x", "bad")]
+
+
+def test_dead_letters_are_trimmed_to_the_configured_maximum(fake_redis):
+    from datetime import UTC, datetime
+
+    store = Store(fake_redis, keys=Keys("d"), event_id_ttl_s=60, dead_letter_max=3)
+    for i in range(5):
+        store.add_dead_letter(str(i), "invalid_event", [], now=datetime(2026, 12, 1, tzinfo=UTC))
+    assert [d.raw for d in store.dead_letters()] == ["4", "3", "2"]
