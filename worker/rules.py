@@ -1,0 +1,368 @@
+"""Reminder rules: the YAML file operations staff edit to decide when reminders go out.
+
+Every problem in a file is reported at once, each with its file, line and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass
+from datetime import time
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, get_args
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import RulesError
+from .events import RenewalStatus
+
+__all__ = [
+    "ANCHORS", "DEFAULT_DEADLINE_DAYS_BEFORE_START", "RENEWAL_STATUSES", "Anchor", "ReminderRule",
+    "RuleProblem", "RuleSet", "RulesWatcher", "check_rules", "load_rules",
+]  # fmt: skip
+
+Anchor = Literal["deadline", "start"]
+ANCHORS: tuple[str, ...] = get_args(Anchor)
+RENEWAL_STATUSES: frozenset[str] = frozenset(get_args(RenewalStatus))
+DEFAULT_DEADLINE_DAYS_BEFORE_START = 45
+
+# Ids and template names end up in store keys and template file names, so they are kept to
+# plain names: no spaces, no dots, no slashes.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+_CLOCK = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+_DECIMAL = re.compile(r"^[-+]?[0-9]+$")
+_NULL_TAG = "tag:yaml.org,2002:null"
+_TOP_KEYS = frozenset({"deadline_days_before_start", "reminders"})
+_REMINDER_KEYS = frozenset({"id", "anchor", "offset_days", "send_time", "template", "statuses"})
+_log = logging.getLogger("worker.rules")
+
+
+def _offset_problem(anchor: str, offset_days: int, deadline_days: int | None) -> str | None:
+    # The deadline is a day: a reminder due after it could no longer change anything.
+    if anchor == "deadline" and offset_days > 0:
+        return f"{offset_days} days after the deadline is too late: use 0 (the deadline day) or less"
+    if anchor == "start" and deadline_days is not None and offset_days > -deadline_days:
+        return (
+            f"{offset_days} days from the start falls after the deadline ({deadline_days} days before the start): "
+            f"use -{deadline_days} or less"
+        )
+    return None
+
+
+def _json_value(value: object) -> object:
+    return sorted(value) if isinstance(value, frozenset) else str(value)
+
+
+@dataclass(frozen=True)
+class ReminderRule:
+    """One reminder, due ``offset_days`` from its anchor date at ``send_time`` in the recipients' time zone."""
+
+    id: str
+    anchor: Anchor
+    offset_days: int
+    send_time: time
+    template: str
+    statuses: frozenset[str] = frozenset({"pending"})
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, not {self.anchor!r}")
+        if not self.statuses or not self.statuses <= RENEWAL_STATUSES:
+            raise ValueError(f"statuses must be a non-empty subset of {sorted(RENEWAL_STATUSES)}")
+        if self.send_time.tzinfo is not None:
+            raise ValueError("send_time is the recipients' local time and must not carry a time zone")
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The reminders in force; constructing one by hand applies the same limits as the file check."""
+
+    deadline_days_before_start: int
+    reminders: tuple[ReminderRule, ...]
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        if self.deadline_days_before_start < 1:
+            raise ValueError("deadline_days_before_start must be at least 1")
+        if not self.reminders:
+            raise ValueError("at least one reminder is needed")
+        ids = [rule.id for rule in self.reminders]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"reminder ids must be unique: {ids}")
+        for rule in self.reminders:
+            problem = _offset_problem(rule.anchor, rule.offset_days, self.deadline_days_before_start)
+            if problem is not None:
+                raise ValueError(f"reminder {rule.id!r}: {problem}")
+
+    @cached_property
+    def by_id(self) -> Mapping[str, ReminderRule]:
+        """Each reminder by its id, read-only."""
+        return MappingProxyType({rule.id: rule for rule in self.reminders})
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of what the rules mean: a comment or layout edit keeps it, any change in meaning changes it."""
+        content = [self.deadline_days_before_start, [asdict(rule) for rule in self.reminders]]
+        text = json.dumps(content, sort_keys=True, default=_json_value)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    """One problem in a rule file; ``line`` is 1-based and ``field`` a path such as ``reminders[0].send_time``."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return repr(node.value)
+
+
+class _Checker:
+    """Walks the composed YAML nodes rather than loaded values so that every problem keeps its line."""
+
+    def __init__(self, source: str, known_templates: Collection[str] | None) -> None:
+        self.source = source
+        self.known_templates = known_templates
+        self.problems: list[RuleProblem] = []
+        self.id_lines: dict[str, int] = {}
+
+    def add(self, node: Node | None, field: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else None
+        self.problems.append(RuleProblem(self.source, line, field, message))
+
+    def mapping(self, node: Node, field: str, allowed: frozenset[str], optional: frozenset[str]) -> dict[str, Node]:
+        if not isinstance(node, MappingNode):
+            self.add(node, field, f"expected a mapping of keys, got {_describe(node)}")
+            return {}
+        found: dict[str, Node] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, ScalarNode) else ""
+            path = f"{field}.{name}" if field else name
+            if name not in allowed:
+                self.add(key, path or field, f"unknown key; expected one of: {', '.join(sorted(allowed))}")
+            elif name in found:
+                self.add(key, path, f"duplicate key (first at line {found[name].start_mark.line + 1})")
+            else:
+                found[name] = value
+        for name in sorted(allowed - optional - found.keys()):
+            self.add(node, f"{field}.{name}" if field else name, "missing")
+        return found
+
+    def text(self, node: Node | None, field: str) -> str | None:
+        # Plain scalars are read as written, so `10:30`, `2024` or `yes` never turn into numbers or booleans.
+        if node is None:
+            return None
+        if not isinstance(node, ScalarNode):
+            self.add(node, field, f"expected a single value, got {_describe(node)}")
+            return None
+        if node.tag == _NULL_TAG:
+            self.add(node, field, "empty value")
+            return None
+        return str(node.value)
+
+    def name(self, node: Node | None, field: str) -> str | None:
+        value = self.text(node, field)
+        if value is not None and not _NAME.match(value):
+            self.add(node, field, f"{value!r} is not a plain name (letters, digits, '-' and '_')")
+            return None
+        return value
+
+    def integer(self, node: Node | None, field: str) -> int | None:
+        # Decimal only: YAML 1.1 would read `-010` as octal and `1:30` as 90.
+        if node is None:
+            return None
+        if not isinstance(node, ScalarNode) or node.style is not None or not _DECIMAL.match(node.value):
+            self.add(node, field, f"expected a whole number without quotes, got {_describe(node)}")
+            return None
+        return int(node.value)
+
+    def clock_time(self, node: Node | None, field: str) -> time | None:
+        value = self.text(node, field)
+        match = _CLOCK.match(value) if value is not None else None
+        if value is not None and match is None:
+            self.add(node, field, f'{value!r} is not a time of day such as "09:00" (24-hour HH:MM)')
+        return time(int(match[1]), int(match[2])) if match else None
+
+    def statuses(self, node: Node | None, field: str) -> frozenset[str] | None:
+        if node is None:
+            return frozenset({"pending"})
+        if not isinstance(node, SequenceNode):
+            self.add(node, field, f"expected a list such as [pending], got {_describe(node)}")
+            return None
+        if not node.value:
+            self.add(node, field, "empty: the reminder would never be sent")
+            return None
+        found: set[str] = set()
+        for i, item in enumerate(node.value):
+            value = self.text(item, f"{field}[{i}]")
+            if value is not None and value not in RENEWAL_STATUSES:
+                self.add(item, f"{field}[{i}]", f"unknown status {value!r}; expected one of: {_join(RENEWAL_STATUSES)}")
+            elif value is not None:
+                found.add(value)
+        return frozenset(found) if len(found) == len(node.value) else None
+
+    def reminder(self, node: Node, field: str, deadline_days: int | None) -> ReminderRule | None:
+        fields = self.mapping(node, field, _REMINDER_KEYS, optional=frozenset({"statuses"}))
+        rule_id = self.name(fields.get("id"), f"{field}.id")
+        if rule_id is not None and rule_id in self.id_lines:
+            self.add(fields["id"], f"{field}.id", f"duplicate id {rule_id!r} (first at line {self.id_lines[rule_id]})")
+            rule_id = None
+        elif rule_id is not None:
+            self.id_lines[rule_id] = fields["id"].start_mark.line + 1
+        anchor_text = self.text(fields.get("anchor"), f"{field}.anchor")
+        anchor: Anchor | None = "deadline" if anchor_text == "deadline" else "start" if anchor_text == "start" else None
+        if anchor_text is not None and anchor is None:
+            self.add(fields.get("anchor"), f"{field}.anchor", f"{anchor_text!r} is not one of: {_join(ANCHORS)}")
+        offset_days = self.integer(fields.get("offset_days"), f"{field}.offset_days")
+        send_time = self.clock_time(fields.get("send_time"), f"{field}.send_time")
+        template = self.name(fields.get("template"), f"{field}.template")
+        if template is not None and self.known_templates is not None and template not in self.known_templates:
+            self.add(fields.get("template"), f"{field}.template", f"unknown template {template!r}")
+            template = None
+        statuses = self.statuses(fields.get("statuses"), f"{field}.statuses")
+        if anchor is not None and offset_days is not None:
+            problem = _offset_problem(anchor, offset_days, deadline_days)
+            if problem is not None:
+                self.add(fields.get("offset_days"), f"{field}.offset_days", problem)
+                offset_days = None
+        if rule_id is None or anchor is None or offset_days is None or send_time is None:
+            return None
+        if template is None or statuses is None:
+            return None
+        return ReminderRule(rule_id, anchor, offset_days, send_time, template, statuses)
+
+    def rule_set(self, root: Node) -> RuleSet | None:
+        top = self.mapping(root, "", _TOP_KEYS, optional=frozenset({"deadline_days_before_start"}))
+        deadline_days: int | None = DEFAULT_DEADLINE_DAYS_BEFORE_START
+        if "deadline_days_before_start" in top:
+            deadline_days = self.integer(top["deadline_days_before_start"], "deadline_days_before_start")
+            if deadline_days is not None and deadline_days < 1:
+                self.add(top["deadline_days_before_start"], "deadline_days_before_start", "must be at least 1")
+                deadline_days = None
+        reminders = top.get("reminders")
+        rules: list[ReminderRule | None] = []
+        if isinstance(reminders, SequenceNode) and not reminders.value:
+            self.add(reminders, "reminders", "empty: at least one reminder is needed")
+        elif isinstance(reminders, SequenceNode):
+            rules = [self.reminder(item, f"reminders[{i}]", deadline_days) for i, item in enumerate(reminders.value)]
+        elif reminders is not None:
+            self.add(reminders, "reminders", f"expected a list of reminders, got {_describe(reminders)}")
+        if self.problems or deadline_days is None:
+            return None
+        return RuleSet(deadline_days, tuple(r for r in rules if r is not None), self.source)
+
+
+def _join(values: Collection[str]) -> str:
+    return ", ".join(sorted(values))
+
+
+def _check_bytes(
+    raw: bytes | RuleProblem, source: str, known_templates: Collection[str] | None
+) -> tuple[list[RuleProblem], RuleSet | None]:
+    if isinstance(raw, RuleProblem):
+        return [raw], None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [RuleProblem(source, None, "", f"not UTF-8 text (bad byte at offset {exc.start})")], None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        message = f"not valid YAML: {exc.problem or exc.context}"
+        if exc.problem and exc.context and exc.context_mark is not None:
+            message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        return [RuleProblem(source, line, "", message)], None
+    except yaml.YAMLError as exc:
+        return [RuleProblem(source, None, "", f"not valid YAML: {exc}")], None
+    if root is None:
+        return [RuleProblem(source, None, "", "the file is empty; expected a reminders list")], None
+    checker = _Checker(source, known_templates)
+    rules = checker.rule_set(root)
+    # Sorted by line so that a reader can walk down the file; the sort is stable within a line.
+    return sorted(checker.problems, key=lambda p: (p.line is None, p.line or 0)), rules
+
+
+def _read(path: Path) -> bytes | RuleProblem:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        return RuleProblem(str(path), None, "", f"cannot read the file: {exc.strerror or exc}")
+
+
+def _digest(raw: bytes | RuleProblem) -> str:
+    return str(raw) if isinstance(raw, RuleProblem) else hashlib.sha256(raw).hexdigest()
+
+
+def check_rules(path: Path, *, known_templates: Collection[str] | None = None) -> list[RuleProblem]:
+    """Every problem in the rule file at ``path`` (empty when it is valid), for ``renewals check`` and the watcher."""
+    return _check_bytes(_read(path), str(path), known_templates)[0]
+
+
+def load_rules(path: Path, *, known_templates: Collection[str] | None = None) -> RuleSet:
+    """The rules in the file at ``path``; raises RulesError listing every problem."""
+    problems, rules = _check_bytes(_read(path), str(path), known_templates)
+    if rules is None:
+        raise RulesError(list(problems))
+    return rules
+
+
+class RulesWatcher:
+    """Holds the rules in force for one file and swaps them only for a valid edit, so a typo never stops reminders."""
+
+    def __init__(self, path: Path, *, known_templates: Collection[str] | None = None) -> None:
+        self.path = path
+        self._known_templates = known_templates
+        raw = _read(path)
+        problems, rules = _check_bytes(raw, str(path), known_templates)
+        if rules is None:
+            raise RulesError(list(problems))
+        self._rules = rules
+        self._seen = _digest(raw)
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    def maybe_reload(self) -> bool:
+        """Re-read the file; True when valid new rules replaced the old ones.
+
+        The bytes are compared rather than the mtime alone: the file is small, and mtimes are coarse
+        (a few ms on Linux) so a quick second save could go unnoticed. Each bad version is logged
+        once, not on every poll. An edit that changes only comments or layout is not a switch.
+        """
+        raw = _read(self.path)
+        if _digest(raw) == self._seen:
+            return False
+        self._seen = _digest(raw)
+        problems, rules = _check_bytes(raw, str(self.path), self._known_templates)
+        if rules is None:
+            _log.error("%s: keeping the rules in force, the changed file has %d problem(s)", self.path, len(problems))
+            for problem in problems:
+                _log.error("%s", problem)
+            return False
+        if rules.fingerprint == self._rules.fingerprint:
+            return False
+        _log.info("%s: new rules in force (fingerprint %s)", self.path, rules.fingerprint[:12])
+        self._rules = rules
+        return True
