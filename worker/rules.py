@@ -154,15 +154,16 @@ class _Checker:
             self.add(node, field, f"expected a mapping of keys, got {_describe(node)}")
             return {}
         found: dict[str, Node] = {}
+        keys: dict[str, Node] = {}
         for key, value in node.value:
             name = key.value if isinstance(key, ScalarNode) else ""
             path = f"{field}.{name}" if field else name
             if name not in allowed:
-                self.add(key, path or field, f"unknown key; expected one of: {', '.join(sorted(allowed))}")
+                self.add(key, path or field, f"unknown key; expected one of: {_join(allowed)}")
             elif name in found:
-                self.add(key, path, f"duplicate key (first at line {found[name].start_mark.line + 1})")
+                self.add(key, path, f"duplicate key (first at line {keys[name].start_mark.line + 1})")
             else:
-                found[name] = value
+                found[name], keys[name] = value, key
         for name in sorted(allowed - optional - found.keys()):
             self.add(node, f"{field}.{name}" if field else name, "missing")
         return found
