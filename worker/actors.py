@@ -1,4 +1,4 @@
-"""The dramatiq actors: thin edges that hand each message to the store and the planner."""
+"""The dramatiq actors: thin edges that hand each message to the store, the planner and the delivery."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage
 
 from .errors import InvalidEvent, PermanentError
 from .events import parse_event
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+    from .schedule import DueItem
 
-__all__ = ["EVENTS_QUEUE", "Actors", "handle_event_message", "ingest_event"]
+__all__ = ["DELIVERIES_QUEUE", "EVENTS_QUEUE", "Actors", "deliver_reminder", "handle_event_message", "ingest_event"]
 
 EVENTS_QUEUE = "events"
+DELIVERIES_QUEUE = "deliveries"
 _log = logging.getLogger("worker.ingest")
 
 
@@ -29,7 +33,7 @@ def ingest_event(*args: Any, **kwargs: Any) -> None:
 
 
 def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """Validate and apply one event; a bad one is dead-lettered with its reason. Returns the outcome."""
+    """Validate and apply one event, then re-plan what it touched; a bad one is dead-lettered."""
     if len(args) != 1 or kwargs or not isinstance(args[0], (str, dict)):
         raw = json.dumps({"args": args, "kwargs": kwargs}, default=repr)
         rt.store.add_dead_letter(raw, "malformed_message", [("", "expected one JSON event")], now=rt.clock.now())
@@ -43,18 +47,31 @@ def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, A
         _log.warning("dead-lettered an invalid event: %s", exc)
         return "dead_letter"
     outcome = rt.store.apply(event)
-    _log.info("event %s (%s): %s", event.event_id, event.type, outcome)
-    replan = rt.extras.get("replan")
-    if replan is not None and outcome in ("applied", "duplicate", "already_ended"):
+    _log.debug("event %s (%s): %s", event.event_id, event.type, outcome)
+    if outcome != "stale":
         # A duplicate still re-plans: it may be the redelivery of an event whose re-plan failed.
-        replan(rt, event)
+        rt.planning.replan_for_event(event, rt.rules(), rt.clock.now())
     return outcome
+
+
+async def deliver_reminder(partner_id: str, renewal_id: str, reminder_id: str, due_ms: int) -> None:
+    """Send one due reminder; the message is only a pointer, everything else is read now."""
+    from .delivery import deliver
+    from .runtime import get_runtime
+
+    rt = get_runtime()
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message is not None else 0
+    max_retries = rt.settings.delivery_max_retries
+    result = await deliver(rt, partner_id, renewal_id, reminder_id, last_try=retries >= max_retries)
+    _log.info("reminder %s/%s (due %d): %s", renewal_id, reminder_id, due_ms, result)
 
 
 class Actors:
     """The actors declared on one broker (the embedded default and production each have their own)."""
 
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(self, broker: RedisBroker, settings: Settings) -> None:
+        self.broker = broker
         self.ingest = dramatiq.actor(
             ingest_event,
             broker=broker,
@@ -65,3 +82,17 @@ class Actors:
             max_backoff=300_000,
             throws=(PermanentError,),
         )
+        self.deliver = dramatiq.actor(
+            deliver_reminder,
+            broker=broker,
+            actor_name="deliver_reminder",
+            queue_name=DELIVERIES_QUEUE,
+            max_retries=settings.delivery_max_retries,
+            min_backoff=settings.delivery_min_backoff_ms,
+            max_backoff=settings.delivery_max_backoff_ms,
+            throws=(PermanentError,),
+        )
+
+    def enqueue_deliveries(self, items: list[DueItem]) -> None:
+        for item in items:
+            self.deliver.send(item.partner_id, item.renewal_id, item.reminder_id, item.due_ms)

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AsyncIO
+from dramatiq.middleware import AsyncIO, CurrentMessage
 
 from .clock import Clock, SystemClock
 from .keys import Keys
+from .ledger import Ledger
+from .planning import Planning
+from .schedule import DueIndex
 from .settings import Settings, load_settings
 from .store import Store
 
 if TYPE_CHECKING:
     from .actors import Actors
+    from .mailer import Mailer
+    from .render import Renderer
+    from .rules import RuleSet, RulesWatcher
 
 __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
 
@@ -31,8 +39,41 @@ class Runtime:
     store: Store
     clock: Clock
     keys: Keys
-    actors: Actors
-    extras: dict[str, Any] = field(default_factory=dict)
+    ledger: Ledger
+    due_index: DueIndex
+    planning: Planning
+    actors: Actors = field(init=False)
+    _rules_checked_at: float = field(default=0.0, init=False)
+    _rules_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        from .render import Renderer
+
+        return Renderer(self.settings.templates_dir)
+
+    @cached_property
+    def rules_watcher(self) -> RulesWatcher:
+        from .rules import RulesWatcher
+
+        return RulesWatcher(self.settings.rules_path, known_templates=self.renderer.template_names())
+
+    def rules(self) -> RuleSet:
+        """The rules in force, looking for a valid edit of the file at most every RULES_RELOAD_S."""
+        watcher = self.rules_watcher
+        now = time.monotonic()
+        if now - self._rules_checked_at >= self.settings.rules_reload_s:
+            with self._rules_lock:
+                if now - self._rules_checked_at >= self.settings.rules_reload_s:
+                    self._rules_checked_at = now
+                    watcher.maybe_reload()
+        return watcher.rules
+
+    @cached_property
+    def mailer(self) -> Mailer:
+        from .mailer import build_mailer
+
+        return build_mailer(self.settings)
 
     def close(self) -> None:
         self.broker.close()
@@ -60,6 +101,7 @@ def build_runtime(
     client = redis_client or _redis_client(settings)
     broker = RedisBroker(client=client, namespace=f"{settings.key_prefix}-queue")
     broker.add_middleware(AsyncIO())
+    broker.add_middleware(CurrentMessage())
     dramatiq.set_broker(broker)
     keys = Keys(settings.key_prefix)
     store = Store(
@@ -68,15 +110,19 @@ def build_runtime(
         event_id_ttl_s=settings.event_id_ttl_days * 86_400,
         dead_letter_max=settings.dead_letter_max,
     )
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         redis=client,
         broker=broker,
         store=store,
         clock=clock or SystemClock(),
         keys=keys,
-        actors=Actors(broker),
+        ledger=Ledger(client, keys, lease_ms=settings.send_lease_ms),
+        due_index=DueIndex(client, keys),
+        planning=Planning(client, store, keys),
     )
+    runtime.actors = Actors(broker, settings)
+    return runtime
 
 
 _runtime: Runtime | None = None

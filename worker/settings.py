@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         default=("primary", "billing", "decision_maker"),
         description="Client contacts that receive platform-owned (hubspot) mail, comma separated.",
     )
+    delivery_max_retries: int = Field(default=10, ge=0, description="Retries of a deferred send before it is failed.")
+    delivery_min_backoff_ms: int = Field(default=5_000, ge=1)
+    delivery_max_backoff_ms: int = Field(default=900_000, ge=1)
+    send_lease_ms: int = Field(default=300_000, ge=1_000, description="How long a send may hold a reminder.")
+    scheduler_poll_s: float = Field(default=1.0, gt=0)
+    rules_reload_s: float = Field(default=5.0, gt=0, description="How often a running process looks for rule edits.")
     dead_letter_max: int = Field(default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed).")
 
     @field_validator("hubspot_contact_roles", mode="before")

@@ -1,0 +1,132 @@
+"""Sends one due reminder: re-check the state now, claim it in the ledger, render, send, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+from email.utils import parseaddr
+from typing import TYPE_CHECKING
+
+from .decision import Send, Skip, Wait, decide
+from .errors import PermanentSendError, TransientError, TransientSendError
+from .ledger import Outcome
+from .message import build_message, envelope_recipients, message_id_for
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["LeaseBusy", "deliver"]
+
+_log = logging.getLogger("worker.delivery")
+
+
+class LeaseBusy(TransientError):
+    """Another worker holds this reminder's lease: try again after it finishes or its lease runs out."""
+
+
+def _from_domain(mail_from: str) -> str:
+    return parseaddr(mail_from)[1].rpartition("@")[2] or "renewals.invalid"
+
+
+async def deliver(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
+    """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...)."""
+    now = rt.clock.now()
+    rules = rt.rules()
+    if rt.ledger.outcome(partner_id, renewal_id, reminder_id) is not None:
+        return "already_final"
+    view = rt.planning.view(partner_id, renewal_id)
+    client = view.client
+    decision = decide(
+        reminder_id,
+        view.plan(rules, now),
+        renewal=view.renewal.renewal,
+        client=client.client if client else None,
+        partner=view.partner,
+        override=client.override if client else None,
+        rules=rules,
+        now=now,
+        contact_roles=rt.settings.hubspot_contact_roles,
+    )
+    if isinstance(decision, Wait):
+        # The renewal changed after this reminder was claimed; its re-plan already re-indexed it.
+        rt.planning.replan(partner_id, renewal_id, rules, now)
+        return "waiting"
+    if isinstance(decision, Skip):
+        rt.ledger.finish(partner_id, renewal_id, reminder_id, Outcome("skipped", now, reason=decision.reason))
+        return f"skipped:{decision.reason}"
+    return await _send(rt, decision, partner_id, renewal_id, reminder_id, last_try=last_try)
+
+
+async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
+    now = rt.clock.now()
+    people_to = [r.person for r in send.routing.to]
+    people_cc = [r.person for r in send.routing.cc]
+    flags = rt.ledger.is_suppressed([p.email for p in people_to + people_cc])
+    to = [p for p, flag in zip(people_to, flags[: len(people_to)], strict=True) if not flag]
+    cc = [p for p, flag in zip(people_cc, flags[len(people_to) :], strict=True) if not flag]
+    suppressed = [p.email for p, flag in zip(people_to + people_cc, flags, strict=True) if flag]
+    if not to:
+        outcome = Outcome("suppressed", now, reason="every recipient is suppressed", extra={"addresses": suppressed})
+        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome)
+        return "suppressed"
+
+    claim, token = rt.ledger.claim(partner_id, renewal_id, reminder_id)
+    if claim == "final":
+        return "already_final"
+    if claim == "busy":
+        raise LeaseBusy(f"{renewal_id}/{reminder_id} is being sent by another worker")
+
+    message_id = message_id_for(partner_id, renewal_id, reminder_id, domain=_from_domain(rt.settings.mail_from))
+    try:
+        rendered = rt.renderer.render(
+            send.template,
+            audience=send.audience,
+            locale=send.locale,
+            renewal=send.renewal,
+            client=send.client,
+            partner=send.partner,
+            partner_user=send.partner_user,
+            deadline=send.deadline,
+            today=send.local_today,
+        )
+        data = build_message(
+            rendered,
+            mail_from=rt.settings.mail_from,
+            to=to,
+            cc=cc,
+            reply_to=send.renewal.renewal_manager,
+            message_id=message_id,
+            reminder_tag=f"{renewal_id}/{reminder_id}",
+            sent_at=now,
+        )
+        result = await rt.mailer.send(
+            sender=parseaddr(rt.settings.mail_from)[1], recipients=envelope_recipients(to, cc), message=data
+        )
+    except TransientSendError as exc:
+        if not last_try:
+            rt.ledger.release(partner_id, renewal_id, reminder_id, token)
+            raise
+        outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
+        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+        _log.error("%s/%s failed after retries: %s", renewal_id, reminder_id, exc)
+        return "failed"
+    except PermanentSendError as exc:
+        rt.ledger.suppress(list(exc.recipients))
+        outcome = Outcome("failed", now, reason="refused", message_id=message_id, reply=str(exc))
+        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+        _log.error("%s/%s refused: %s", renewal_id, reminder_id, exc)
+        return "failed"
+    except BaseException:
+        rt.ledger.release(partner_id, renewal_id, reminder_id, token)
+        raise
+    rt.ledger.suppress(list(result.refused))
+    outcome = Outcome(
+        "sent",
+        now,
+        message_id=message_id,
+        to=tuple(p.email for p in to),
+        cc=tuple(p.email for p in cc),
+        reply=result.reply,
+        extra={"locale": rendered.locale, **({"refused": dict(result.refused)} if result.refused else {})},
+    )
+    rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+    return "sent"

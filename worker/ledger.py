@@ -1,0 +1,143 @@
+"""The send-once ledger: one final outcome per (renewal, reminder), and a lease while a send is under way."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import redis
+
+from .keys import Keys
+
+__all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "due_member", "parse_due_member"]
+
+OutcomeKind = Literal["sent", "skipped", "suppressed", "failed"]
+ClaimResult = Literal["claimed", "final", "busy"]
+_SEP = "\x1f"  # ids never hold control characters (the contract refuses them), so this cannot be forged
+
+
+def due_member(partner_id: str, renewal_id: str, reminder_id: str) -> str:
+    """The due-index member naming one reminder of one renewal."""
+    return _SEP.join((partner_id, renewal_id, reminder_id))
+
+
+def parse_due_member(member: str | bytes) -> tuple[str, str, str]:
+    text = member.decode() if isinstance(member, bytes) else member
+    partner_id, renewal_id, reminder_id = text.split(_SEP)
+    return partner_id, renewal_id, reminder_id
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What finally happened to one reminder; once written it never changes."""
+
+    kind: OutcomeKind
+    at: datetime
+    reason: str | None = None
+    message_id: str | None = None
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    reply: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"kind": self.kind, "at": self.at.isoformat()}
+        for name in ("reason", "message_id", "reply"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        if self.to:
+            data["to"] = list(self.to)
+        if self.cc:
+            data["cc"] = list(self.cc)
+        if self.extra:
+            data["extra"] = self.extra
+        return json.dumps(data, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Outcome:
+        data = json.loads(raw)
+        return cls(
+            kind=data["kind"],
+            at=datetime.fromisoformat(data["at"]),
+            reason=data.get("reason"),
+            message_id=data.get("message_id"),
+            to=tuple(data.get("to", ())),
+            cc=tuple(data.get("cc", ())),
+            reply=data.get("reply"),
+            extra=data.get("extra", {}),
+        )
+
+
+_CLAIM = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'final' end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 'claimed' end
+return 'busy'
+"""
+
+# Writing the outcome, dropping the lease and un-planning the reminder is one step, so no other
+# worker can see the reminder neither final nor leased.
+_FINISH = """
+local written = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('ZREM', KEYS[4], ARGV[4])
+return written
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Ledger:
+    def __init__(self, client: redis.Redis, keys: Keys, *, lease_ms: int = 300_000) -> None:
+        self.redis = client
+        self.keys = keys
+        self.lease_ms = lease_ms
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+        self._release = client.register_script(_RELEASE)
+
+    def claim(self, partner_id: str, renewal_id: str, reminder_id: str) -> tuple[ClaimResult, str]:
+        """Take the lease on a reminder unless it is final or another worker holds it; returns a token."""
+        token = uuid.uuid4().hex
+        keys = [self.keys.ledger(partner_id, renewal_id), self.keys.lease(partner_id, renewal_id, reminder_id)]
+        result = self._claim(keys=keys, args=[reminder_id, token, self.lease_ms])
+        return (result.decode() if isinstance(result, bytes) else result), token
+
+    def release(self, partner_id: str, renewal_id: str, reminder_id: str, token: str) -> None:
+        """Give the lease back without an outcome (a retryable failure): another attempt may take it."""
+        self._release(keys=[self.keys.lease(partner_id, renewal_id, reminder_id)], args=[token])
+
+    def finish(self, partner_id: str, renewal_id: str, reminder_id: str, outcome: Outcome, token: str = "") -> bool:
+        """Record the final outcome; False when one was already there (it is never overwritten)."""
+        k = self.keys
+        keys = [
+            k.ledger(partner_id, renewal_id),
+            k.lease(partner_id, renewal_id, reminder_id),
+            k.planned(partner_id, renewal_id),
+            k.due(),
+        ]
+        member = due_member(partner_id, renewal_id, reminder_id)
+        return bool(self._finish(keys=keys, args=[reminder_id, token, outcome.to_json(), member]))
+
+    def outcomes(self, partner_id: str, renewal_id: str) -> dict[str, Outcome]:
+        raw = self.redis.hgetall(self.keys.ledger(partner_id, renewal_id))
+        return {key.decode(): Outcome.from_json(value) for key, value in raw.items()}
+
+    def outcome(self, partner_id: str, renewal_id: str, reminder_id: str) -> Outcome | None:
+        raw = self.redis.hget(self.keys.ledger(partner_id, renewal_id), reminder_id)
+        return None if raw is None else Outcome.from_json(raw)
+
+    def is_suppressed(self, emails: list[str]) -> list[bool]:
+        if not emails:
+            return []
+        return [bool(v) for v in self.redis.smismember(self.keys.suppressed(), [e.casefold() for e in emails])]
+
+    def suppress(self, emails: list[str]) -> None:
+        if emails:
+            self.redis.sadd(self.keys.suppressed(), *[e.casefold() for e in emails])

@@ -1,0 +1,144 @@
+"""`renewals simulate`: the production pipeline on the embedded default, driven by a virtual clock."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dramatiq
+
+from .actors import DELIVERIES_QUEUE, EVENTS_QUEUE
+from .clock import VirtualClock
+from .errors import InvalidEvent
+from .events import parse_event
+from .ledger import Outcome
+from .runtime import Runtime, build_runtime, set_runtime
+from .schedule import Scheduler
+from .settings import load_settings
+
+__all__ = ["SimulationReport", "TimelineEntry", "simulate"]
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    partner_id: str
+    renewal_id: str
+    reminder_id: str
+    outcome: Outcome
+
+
+@dataclass
+class SimulationReport:
+    applied: int = 0
+    rejected: list[str] = field(default_factory=list)
+    timeline: list[TimelineEntry] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(
+            e.outcome.kind if e.outcome.kind != "skipped" else f"skipped ({e.outcome.reason})" for e in self.timeline
+        )
+
+
+class _Simulation:
+    def __init__(self, rt: Runtime, clock: VirtualClock) -> None:
+        self.rt = rt
+        self.clock = clock
+        self.scheduler = Scheduler(rt.due_index, rt.actors.enqueue_deliveries, clock.now, lease_ms=60_000)
+
+    def drain(self) -> None:
+        self.rt.broker.join(EVENTS_QUEUE, timeout=60_000)
+        self.rt.broker.join(DELIVERIES_QUEUE, timeout=60_000)
+
+    def advance_to(self, target: datetime) -> None:
+        """Deliver, in due order, everything due at or before ``target``, moving the clock as it goes."""
+        while True:
+            upcoming = self.rt.due_index.next_due()
+            if upcoming is None or upcoming > target:
+                break
+            self.clock.advance_to(upcoming)
+            self.scheduler.run_once()
+            self.drain()
+        self.clock.advance_to(target)
+
+
+@contextmanager
+def _running_worker(rt: Runtime) -> Iterator[None]:
+    worker = dramatiq.Worker(rt.broker, worker_threads=1, worker_timeout=20)
+    worker.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+
+
+def simulate(
+    events_path: Path,
+    *,
+    until: datetime,
+    outbox: Path,
+    start: datetime | None = None,
+    rules_path: Path | None = None,
+) -> SimulationReport:
+    """Apply the events in file order on a virtual clock and deliver every reminder due up to ``until``."""
+    lines = events_path.read_text(encoding="utf-8").splitlines()
+    report = SimulationReport()
+    parsed = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append((parse_event(line), line))
+        except InvalidEvent as exc:
+            report.rejected.append(f"{events_path.name}:{number}: {exc}")
+    first = min((event.occurred_at for event, _ in parsed), default=until)
+    overrides: dict[str, object] = {"redis_url": None, "smtp_host": None, "outbox_dir": outbox}
+    if rules_path is not None:
+        overrides["rules_path"] = rules_path
+    settings = load_settings(**overrides)
+    clock = VirtualClock((start or first).astimezone(UTC))
+    rt = build_runtime(settings, clock=clock)
+    set_runtime(rt)
+    rt.rules()  # an invalid rule file stops the simulation before anything happens
+    sim = _Simulation(rt, clock)
+    with _running_worker(rt):
+        for event, line in parsed:
+            sim.advance_to(event.occurred_at)
+            rt.actors.ingest.send(line)
+            sim.drain()
+            report.applied += 1
+        sim.advance_to(until)
+    report.timeline = _timeline(rt)
+    set_runtime(None)
+    return report
+
+
+def _timeline(rt: Runtime) -> list[TimelineEntry]:
+    entries = []
+    for partner_id in rt.store.partner_ids():
+        for renewal_id in rt.store.renewal_ids(partner_id):
+            for reminder_id, outcome in rt.ledger.outcomes(partner_id, renewal_id).items():
+                entries.append(TimelineEntry(partner_id, renewal_id, reminder_id, outcome))
+    entries.sort(key=lambda e: (e.outcome.at, e.renewal_id, e.reminder_id))
+    return entries
+
+
+def report_json(report: SimulationReport) -> str:
+    return json.dumps(
+        {
+            "applied": report.applied,
+            "rejected": report.rejected,
+            "timeline": [
+                {"partner_id": e.partner_id, "renewal_id": e.renewal_id, "reminder_id": e.reminder_id}
+                | json.loads(e.outcome.to_json())
+                for e in report.timeline
+            ],
+        },
+        indent=2,
+        ensure_ascii=False,
+    )
