@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ConfigError, InvalidEvent, RenewalsError
@@ -84,7 +85,76 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.examples), Path(args.outbox))
+    return run_demo(Path(args.examples), Path(args.outbox), until=_timestamp(args.until))
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _cmd_rules_check(args: argparse.Namespace) -> int:
+    from .render import Renderer
+    from .rules import check_rules
+    from .settings import load_settings
+
+    settings = load_settings()
+    path = Path(args.path) if args.path else settings.rules_path
+    renderer = Renderer(settings.templates_dir)
+    problems: list[str] = [str(p) for p in check_rules(path, known_templates=renderer.template_names())]
+    problems.extend(f"{settings.templates_dir}: {p}" for p in renderer.check())
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .inspect import describe_plan
+    from .runtime import get_runtime
+
+    print(describe_plan(get_runtime(), args.partner_id, args.renewal_id))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import get_runtime
+    from .service import run_service
+
+    rt = get_runtime()
+    rt.rules()
+    run_service(rt, threads=args.threads)
+    return 0
+
+
+def _cmd_scheduler(args: argparse.Namespace) -> int:
+    from .runtime import get_runtime
+    from .service import run_scheduler
+
+    rt = get_runtime()
+    rt.rules()
+    run_scheduler(rt)
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import print_report, simulate
+
+    report = simulate(
+        Path(args.events),
+        until=args.until,
+        outbox=Path(args.outbox),
+        start=args.start,
+        rules_path=Path(args.rules) if args.rules else None,
+    )
+    print_report(report, Path(args.outbox))
+    return 0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -94,7 +164,33 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the bundled examples on the embedded default and print who gets what")
     p.add_argument("--examples", default=str(PROJECT_ROOT / "examples"), help="folder of example events")
     p.add_argument("--outbox", default="outbox", help="where emails are written as .eml files")
+    p.add_argument("--until", default="2027-06-01T00:00:00+00:00", help="run the virtual clock up to here")
     p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("run", help="run a worker and a scheduler in this process (until Ctrl-C)")
+    p.add_argument("--threads", type=int, default=8, help="worker threads")
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("scheduler", help="run the scheduler loop: claims due reminders and enqueues deliveries")
+    p.set_defaults(handler=_cmd_scheduler)
+
+    p = sub.add_parser("simulate", help="run events through the whole pipeline on a virtual clock")
+    p.add_argument("--events", required=True, help="JSON Lines file of events, applied in file order")
+    p.add_argument("--until", required=True, type=_timestamp, help="move the virtual clock up to this timestamp")
+    p.add_argument("--outbox", required=True, help="folder for the .eml files")
+    p.add_argument("--start", type=_timestamp, help="virtual start time (default: the first event's)")
+    p.add_argument("--rules", help="rule file (default: RULES_PATH)")
+    p.set_defaults(handler=_cmd_simulate)
+
+    p = sub.add_parser("plan", help="a renewal's reminders: due times, state and recipients now")
+    p.add_argument("partner_id")
+    p.add_argument("renewal_id")
+    p.set_defaults(handler=_cmd_plan)
+
+    rules = sub.add_parser("rules", help="rule files").add_subparsers(dest="what", required=True)
+    p = rules.add_parser("check", help="validate a rule file (and the templates it names); exit 1 on any problem")
+    p.add_argument("path", nargs="?", help="rule file (default: RULES_PATH)")
+    p.set_defaults(handler=_cmd_rules_check)
 
     p = sub.add_parser("enqueue", help="validate a JSON Lines file of events and enqueue the good ones")
     p.add_argument("file", help="JSON Lines file, or - for standard input")

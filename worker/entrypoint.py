@@ -6,7 +6,7 @@ import logging
 
 from .runtime import build_runtime, set_runtime
 
-__all__ = ["runtime", "broker"]
+__all__ = ["broker", "runtime"]
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 runtime = build_runtime()

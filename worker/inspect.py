@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .events import Person
 from .routing import route
 from .settings import ContactRole
 from .store import Store
 
-__all__ = ["describe_client", "format_person"]
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["describe_client", "describe_plan", "format_person"]
 
 
 def format_person(person: Person | None) -> str:
@@ -48,4 +52,66 @@ def describe_client(store: Store, partner_id: str, client_id: str, roles: Sequen
         for rcpt in group:
             lines.append(f"  {label}: {format_person(rcpt.person)}  [{', '.join(rcpt.reasons)}]")
     lines.extend(f"  note: {note}" for note in routing.notes)
+    return "\n".join(lines)
+
+
+def describe_plan(rt: Runtime, partner_id: str, renewal_id: str) -> str:
+    """Each reminder of a renewal: due time in UTC and local time, its state, and who it would reach now."""
+    from zoneinfo import ZoneInfo
+
+    from .planner import reminder_due_at
+    from .routing import route
+
+    rules = rt.rules()
+    now = rt.clock.now()
+    view = rt.planning.view(partner_id, renewal_id)
+    plan = view.plan(rules, now)
+    state = view.renewal
+    if state.renewal is None:
+        return f"renewal {renewal_id} of partner {partner_id}: unknown" + (" (removed)" if state.removed else "")
+    renewal = state.renewal
+    tz = ZoneInfo(plan.timezone)
+    lines = [
+        f"renewal {renewal_id} of partner {partner_id}: client {renewal.client_id}, status {renewal.status}"
+        + (", REMOVED" if state.removed else ""),
+        f"  start {renewal.start_date}, deadline {plan.deadline}, recipients' time zone {plan.timezone}",
+    ]
+    if plan.inactive_reason:
+        lines.append(f"  nothing planned: {plan.inactive_reason}")
+    planned = {p.reminder_id: p for p in plan.planned}
+    skipped = {s.reminder_id: s for s in plan.skipped}
+    for rule in rules.reminders:
+        due = reminder_due_at(rule, renewal.start_date, rules, tz)
+        outcome = view.outcomes.get(rule.id)
+        if outcome is not None:
+            state_text = outcome.kind + (f" ({outcome.reason})" if outcome.reason else "")
+            state_text += f" at {outcome.at.isoformat()}"
+            if outcome.message_id:
+                state_text += f", {outcome.message_id}, to {', '.join(outcome.to)}"
+                state_text += f"; cc {', '.join(outcome.cc)}" if outcome.cc else ""
+            if outcome.reply:
+                state_text += f"; reply: {outcome.reply}"
+        elif rule.id in planned:
+            p = planned[rule.id]
+            state_text = "planned" + (f" (caught up: sends at {p.due_at.isoformat()})" if p.caught_up else "")
+        elif rule.id in skipped:
+            state_text = f"will be skipped ({skipped[rule.id].reason})"
+        else:
+            state_text = f"not planned ({plan.inactive_reason or 'status ' + renewal.status})"
+        lines.append(f"  {rule.id}: due {due.isoformat()} UTC / {due.astimezone(tz).isoformat()} local: {state_text}")
+    client = view.client
+    routing = route(
+        client.client if client else None,
+        view.partner,
+        client.override if client else None,
+        contact_roles=rt.settings.hubspot_contact_roles,
+    )
+    if client is not None and client.services_ended:
+        lines.append("  recipients now: none (services ended)")
+    elif not routing.sendable:
+        lines.append(f"  recipients now: none ({routing.no_recipient_reason})")
+    else:
+        lines.append(f"  owner now: {routing.owner}")
+        lines.append("  To now: " + ", ".join(format_person(r.person) for r in routing.to))
+        lines.append("  Cc now: " + (", ".join(format_person(r.person) for r in routing.cc) or "-"))
     return "\n".join(lines)

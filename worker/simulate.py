@@ -37,6 +37,7 @@ class SimulationReport:
     applied: int = 0
     rejected: list[str] = field(default_factory=list)
     timeline: list[TimelineEntry] = field(default_factory=list)
+    inactive: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> Counter[str]:
@@ -114,6 +115,7 @@ def simulate(
             report.applied += 1
         sim.advance_to(until)
     report.timeline = _timeline(rt)
+    report.inactive = _inactive(rt)
     set_runtime(None)
     return report
 
@@ -126,6 +128,22 @@ def _timeline(rt: Runtime) -> list[TimelineEntry]:
                 entries.append(TimelineEntry(partner_id, renewal_id, reminder_id, outcome))
     entries.sort(key=lambda e: (e.outcome.at, e.renewal_id, e.reminder_id))
     return entries
+
+
+def _inactive(rt: Runtime) -> list[str]:
+    """Renewals that will get no further reminder, and why (their plan is empty, so nothing is recorded)."""
+    rules, now = rt.rules(), rt.clock.now()
+    lines = []
+    for partner_id in rt.store.partner_ids():
+        for renewal_id in rt.store.renewal_ids(partner_id):
+            view = rt.planning.view(partner_id, renewal_id)
+            reason = view.plan(rules, now).inactive_reason
+            if reason is not None:
+                never = [r.id for r in rules.reminders if r.id not in view.outcomes]
+                lines.append(
+                    f"{partner_id}/{renewal_id}: no further reminders ({reason}); never sent: {', '.join(never)}"
+                )
+    return lines
 
 
 def report_json(report: SimulationReport) -> str:
@@ -142,3 +160,21 @@ def report_json(report: SimulationReport) -> str:
         indent=2,
         ensure_ascii=False,
     )
+
+
+def print_report(report: SimulationReport, outbox: Path) -> None:
+    """The timeline of who got what and when, then the totals."""
+    for line in report.rejected:
+        print(f"rejected: {line}")
+    print(f"applied {report.applied} event(s); emails in {outbox}/\n")
+    for entry in report.timeline:
+        o = entry.outcome
+        head = f"{o.at:%Y-%m-%d %H:%M} UTC  {entry.partner_id}/{entry.renewal_id} {entry.reminder_id}: {o.kind}"
+        if o.kind == "sent":
+            print(f"{head} [{o.extra.get('locale', '?')}]")
+            print(f"    To: {', '.join(o.to)}" + (f"  Cc: {', '.join(o.cc)}" if o.cc else ""))
+        else:
+            print(f"{head} ({o.reason})")
+    for line in report.inactive:
+        print(line)
+    print("\ntotals: " + ", ".join(f"{kind} {count}" for kind, count in sorted(report.counts.items())))

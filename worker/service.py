@@ -1,0 +1,69 @@
+"""Long-running processes: the scheduler loop, and `renewals run` (worker and scheduler in one process)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import dramatiq
+
+from .runtime import Runtime
+from .schedule import Scheduler
+
+__all__ = ["build_scheduler", "run_scheduler", "run_service", "sync_rules"]
+
+_log = logging.getLogger("worker.service")
+
+
+def sync_rules(rt: Runtime) -> bool:
+    """Re-plan everything when the rules in force differ from those the due index was planned with.
+
+    The fingerprint in Redis is swapped atomically (SET ... GET), so of many schedulers seeing the
+    same edit, one re-plans.
+    """
+    rules = rt.rules()
+    previous = rt.redis.set(rt.keys.rules_fingerprint(), rules.fingerprint, get=True)
+    if previous is not None and previous.decode() == rules.fingerprint:
+        return False
+    _log.info("rules %s in force: re-planning every renewal", rules.fingerprint[:12])
+    rt.planning.replan_all(rules, rt.clock.now())
+    return True
+
+
+def build_scheduler(rt: Runtime) -> Scheduler:
+    return Scheduler(
+        rt.due_index,
+        rt.actors.enqueue_deliveries,
+        rt.clock.now,
+        lease_ms=60_000,
+        on_tick=lambda: sync_rules(rt),
+    )
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        _log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_scheduler(rt: Runtime, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    _stop_on_signals(stop)
+    build_scheduler(rt).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+
+
+def run_service(rt: Runtime, *, threads: int = 8, stop: threading.Event | None = None) -> None:
+    """A dramatiq worker and a scheduler in this process until SIGINT or SIGTERM."""
+    stop = stop or threading.Event()
+    _stop_on_signals(stop)
+    worker = dramatiq.Worker(rt.broker, worker_threads=threads)
+    worker.start()
+    try:
+        build_scheduler(rt).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+    finally:
+        worker.stop()
