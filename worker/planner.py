@@ -160,7 +160,7 @@ def plan_renewal(
     end = deadline_end(deadline, tz)
     applicable = [rule for rule in rules.reminders if renewal.status in rule.statuses]
     due = {rule.id: reminder_due_at(rule, renewal.start_date, rules, tz) for rule in applicable}
-    open_rules = applicable
+    open_rules = [rule for rule in applicable if rule.id not in final]
     if now >= end:
         skipped = tuple(SkippedReminder(rule.id, due[rule.id], "deadline_passed") for rule in open_rules)
         return Plan(renewal.renewal_id, deadline, tz.key, skipped=skipped)
