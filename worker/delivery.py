@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
 from .decision import Send, Skip, Wait, decide
 from .errors import PermanentSendError, TransientError, TransientSendError
-from .ledger import Outcome
+from .ledger import Outcome, due_member
 from .message import build_message, envelope_recipients, message_id_for
 
 if TYPE_CHECKING:
@@ -23,6 +24,13 @@ class LeaseBusy(TransientError):
     """Another worker holds this reminder's lease: try again after it finishes or its lease runs out."""
 
 
+def _keep_claim(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str) -> None:
+    """A retry is coming: hold the scheduler's claim past the longest backoff so it is not enqueued again."""
+    hold_ms = rt.settings.delivery_max_backoff_ms + rt.settings.send_lease_ms
+    until = rt.clock.now() + timedelta(milliseconds=hold_ms)
+    rt.due_index.extend(due_member(partner_id, renewal_id, reminder_id), until=until)
+
+
 def _from_domain(mail_from: str) -> str:
     return parseaddr(mail_from)[1].rpartition("@")[2] or "renewals.invalid"
 
@@ -31,7 +39,9 @@ async def deliver(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: st
     """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...)."""
     now = rt.clock.now()
     rules = rt.rules()
+    member = due_member(partner_id, renewal_id, reminder_id)
     if rt.ledger.outcome(partner_id, renewal_id, reminder_id) is not None:
+        rt.due_index.release(member)
         return "already_final"
     view = rt.planning.view(partner_id, renewal_id)
     client = view.client
@@ -47,7 +57,8 @@ async def deliver(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: st
         contact_roles=rt.settings.hubspot_contact_roles,
     )
     if isinstance(decision, Wait):
-        # The renewal changed after this reminder was claimed; its re-plan already re-indexed it.
+        # The renewal changed after this reminder was claimed: hand it back to planning.
+        rt.due_index.release(member)
         rt.planning.replan(partner_id, renewal_id, rules, now)
         return "waiting"
     if isinstance(decision, Skip):
@@ -71,8 +82,10 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
 
     claim, token = rt.ledger.claim(partner_id, renewal_id, reminder_id)
     if claim == "final":
+        rt.due_index.release(due_member(partner_id, renewal_id, reminder_id))
         return "already_final"
     if claim == "busy":
+        _keep_claim(rt, partner_id, renewal_id, reminder_id)
         raise LeaseBusy(f"{renewal_id}/{reminder_id} is being sent by another worker")
 
     message_id = message_id_for(partner_id, renewal_id, reminder_id, domain=_from_domain(rt.settings.mail_from))
@@ -104,6 +117,7 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
     except TransientSendError as exc:
         if not last_try:
             rt.ledger.release(partner_id, renewal_id, reminder_id, token)
+            _keep_claim(rt, partner_id, renewal_id, reminder_id)
             raise
         outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
         rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
@@ -117,6 +131,7 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
         return "failed"
     except BaseException:
         rt.ledger.release(partner_id, renewal_id, reminder_id, token)
+        _keep_claim(rt, partner_id, renewal_id, reminder_id)
         raise
     rt.ledger.suppress(list(result.refused))
     outcome = Outcome(

@@ -62,7 +62,7 @@ class Keys:
         return f"{self.prefix}:due"
 
     def claimed(self) -> str:
-        """Sorted set of reminders claimed by a scheduler, by claim expiry; unacknowledged ones return to due."""
+        """Sorted set of reminders whose delivery is under way, by claim expiry; expired ones return to due."""
         return f"{self.prefix}:due:claimed"
 
     def suppressed(self) -> str:

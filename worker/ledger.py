@@ -77,13 +77,14 @@ if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 'claimed
 return 'busy'
 """
 
-# Writing the outcome, dropping the lease and un-planning the reminder is one step, so no other
-# worker can see the reminder neither final nor leased.
+# Writing the outcome, dropping the lease, un-planning the reminder and ending its in-flight claim
+# is one step, so no other worker or re-plan can see the reminder neither final nor claimed.
 _FINISH = """
 local written = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 redis.call('SREM', KEYS[3], ARGV[4])
 redis.call('ZREM', KEYS[4], ARGV[4])
+redis.call('ZREM', KEYS[5], ARGV[4])
 return written
 """
 
@@ -121,6 +122,7 @@ class Ledger:
             k.lease(partner_id, renewal_id, reminder_id),
             k.planned(partner_id, renewal_id),
             k.due(),
+            k.claimed(),
         ]
         member = due_member(partner_id, renewal_id, reminder_id)
         return bool(self._finish(keys=keys, args=[reminder_id, token, outcome.to_json(), member]))

@@ -57,6 +57,28 @@ class RenewalView:
         )
 
 
+# Replaces a renewal's planned reminders in the due index. A reminder that is claimed (its
+# delivery is under way) is not put back: the delivery re-checks the plan when it runs, and hands
+# the reminder back to planning if it is not due after all. That keeps "enqueued once" true.
+_WRITE_PLAN = """
+local old = redis.call('SMEMBERS', KEYS[2])
+for _, m in ipairs(old) do redis.call('ZREM', KEYS[1], m) end
+redis.call('DEL', KEYS[2])
+local i = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local m = ARGV[i]
+  redis.call('SADD', KEYS[2], m)
+  if not redis.call('ZSCORE', KEYS[3], m) then redis.call('ZADD', KEYS[1], ARGV[i + 1], m) end
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+return 1
+"""
+
+
 class Planning:
     """Re-plans renewals; each re-plan reads and writes under WATCH, so a concurrent change forces a redo."""
 
@@ -64,6 +86,7 @@ class Planning:
         self.redis = client
         self.store = store
         self.keys = keys
+        self._write_plan = client.register_script(_WRITE_PLAN)
 
     def view(self, partner_id: str, renewal_id: str) -> RenewalView:
         renewal = self.store.renewal_state(partner_id, renewal_id)
@@ -90,18 +113,15 @@ class Planning:
                         pipe.watch(k.client(partner_id, cid), k.owner(partner_id, cid), k.ended(partner_id, cid))
                     view = self.view(partner_id, renewal_id)
                     plan = view.plan(rules, now)
-                    old = pipe.smembers(k.planned(partner_id, renewal_id))
-                    pipe.multi()
-                    if old:
-                        pipe.zrem(k.due(), *old)
-                    pipe.delete(k.planned(partner_id, renewal_id))
+                    args: list[str | int] = [len(plan.planned)]
                     for item in plan.planned:
-                        member = due_member(partner_id, renewal_id, item.reminder_id)
-                        pipe.zadd(k.due(), {member: epoch_ms(item.due_at)})
-                        pipe.sadd(k.planned(partner_id, renewal_id), member)
+                        args += [due_member(partner_id, renewal_id, item.reminder_id), epoch_ms(item.due_at)]
                     for skip in plan.skipped:
                         outcome = Outcome("skipped", now, reason=skip.reason, extra={"due_at": skip.due_at.isoformat()})
-                        pipe.hsetnx(k.ledger(partner_id, renewal_id), skip.reminder_id, outcome.to_json())
+                        args += [skip.reminder_id, outcome.to_json()]
+                    keys = [k.due(), k.planned(partner_id, renewal_id), k.claimed(), k.ledger(partner_id, renewal_id)]
+                    pipe.multi()
+                    self._write_plan(keys=keys, args=args, client=pipe)
                     pipe.execute()
                     return plan
                 except redis.WatchError:

@@ -17,9 +17,10 @@ __all__ = ["DueIndex", "DueItem", "Scheduler", "epoch_ms", "from_epoch_ms"]
 
 _log = logging.getLogger("worker.scheduler")
 
-# One atomic step per batch: claims whose holder died (lease passed) go back to the index first,
-# then everything due is moved from the index to the claimed set with a lease. No two schedulers
-# can take the same member, and a scheduler that dies after claiming loses nothing.
+# One atomic step per batch: claims whose lease passed (a scheduler that died before enqueueing,
+# or a delivery lost with its worker) go back to the index first, then everything due moves from
+# the index to the claimed set with a lease. No two schedulers can take the same member, and a
+# scheduler that dies after claiming loses nothing.
 _CLAIM = """
 local now = tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
@@ -70,10 +71,13 @@ class DueIndex:
             items.append(DueItem(partner_id, renewal_id, reminder_id, int(float(raw[i + 1])), raw[i]))
         return items
 
-    def ack(self, items: list[DueItem]) -> None:
-        """The deliveries are on the queue: the claims are done with."""
-        if items:
-            self.redis.zrem(self.keys.claimed(), *[item.member for item in items])
+    def release(self, member: str | bytes) -> None:
+        """The delivery is done with this reminder (or handed it back to planning): end its claim."""
+        self.redis.zrem(self.keys.claimed(), member)
+
+    def extend(self, member: str | bytes, *, until: datetime) -> None:
+        """Keep a claim while its delivery waits for a retry, so it is not enqueued a second time."""
+        self.redis.zadd(self.keys.claimed(), {member: epoch_ms(until)}, xx=True)
 
     def next_due(self) -> datetime | None:
         head = self.redis.zrange(self.keys.due(), 0, 0, withscores=True)
@@ -112,8 +116,9 @@ class Scheduler:
             items = self.index.claim(self.now(), lease_ms=self.lease_ms, limit=self.batch)
             if not items:
                 return total
+            # The claims stay until each delivery ends (ledger.finish or release): while a
+            # reminder is claimed, re-planning leaves it out of the index, so it is enqueued once.
             self.enqueue(items)
-            self.index.ack(items)
             total += len(items)
             if len(items) < self.batch:
                 return total
