@@ -12,8 +12,14 @@ def person(name: str, email: str) -> dict[str, str]:
     return {"name": name, "email": email}
 
 
-def event(type_: str, data: dict[str, Any], *, partner_id: str = "p1", at: str = "2026-12-01T09:00:00+00:00",
-          event_id: str | None = None) -> dict[str, Any]:
+def event(
+    type_: str,
+    data: dict[str, Any],
+    *,
+    partner_id: str = "p1",
+    at: str = "2026-12-01T09:00:00+00:00",
+    event_id: str | None = None,
+) -> dict[str, Any]:
     return {
         "event_id": event_id or f"evt-{next(_ids)}",
         "type": type_,

@@ -7,7 +7,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
 from factories import (
     client_updated,
     owner_changed,
@@ -17,6 +16,7 @@ from factories import (
     renewal_updated,
     services_ended,
 )
+
 from worker.errors import InvalidEvent
 from worker.events import (
     ClientUpdated,
@@ -111,7 +111,11 @@ BAD_FIELDS = [
     (client_updated, lambda e: e["data"].update(timezone="Europe/Atlantis"), "data.timezone"),
     (client_updated, lambda e: e["data"].pop("contacts"), "data.contacts"),
     (client_updated, lambda e: e["data"]["contacts"].update(cfo=None), "data.contacts.cfo"),
-    (client_updated, lambda e: e["data"]["contacts"]["billing"].update(email="a@@b.com"), "data.contacts.billing.email"),
+    (
+        client_updated,
+        lambda e: e["data"]["contacts"]["billing"].update(email="a@@b.com"),
+        "data.contacts.billing.email",
+    ),
     (client_updated, lambda e: e["data"]["contacts"]["primary"].update(name="X\nY"), "data.contacts.primary.name"),
     (owner_changed, lambda e: e["data"].update(owner="nobody"), "data.owner"),
     (owner_changed, lambda e: e["data"].pop("owner"), "data.owner"),
@@ -125,7 +129,11 @@ BAD_FIELDS = [
     (renewal_updated, lambda e: e["data"].update(current_mrr=800.5), "data.current_mrr"),
     (renewal_updated, lambda e: e["data"].update(renewal_mrr="12,50"), "data.renewal_mrr"),
     (renewal_updated, lambda e: e["data"].update(status="lost"), "data.status"),
-    (renewal_updated, lambda e: e["data"].update(renewal_manager={"name": "O", "email": "o@"}), "data.renewal_manager.email"),
+    (
+        renewal_updated,
+        lambda e: e["data"].update(renewal_manager={"name": "O", "email": "o@"}),
+        "data.renewal_manager.email",
+    ),
     (renewal_removed, lambda e: e["data"].pop("renewal_id"), "data.renewal_id"),
 ]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import dramatiq
 import pytest
-
 from factories import client_updated, partner_updated, renewal_updated, services_ended
+
 from worker import publish, publish_many
 from worker.actors import EVENTS_QUEUE
 from worker.errors import InvalidEvent

@@ -12,9 +12,9 @@ from email import message_from_bytes
 from pathlib import Path
 
 import pytest
-
 from factories import client_updated, partner_updated, renewal_updated
 from procs import scheduler_loop
+
 from worker import publish_many
 from worker.runtime import build_runtime, set_runtime
 from worker.settings import load_settings
@@ -41,8 +41,7 @@ def test_two_schedulers_and_two_workers_enqueue_and_send_every_due_reminder_once
     outbox = tmp_path / "outbox"
     ctx = multiprocessing.get_context("spawn")
     schedulers = [
-        ctx.Process(target=scheduler_loop, args=(redis_url, "sc", "test:stop", "test:enqueued", 0.01))
-        for _ in range(2)
+        ctx.Process(target=scheduler_loop, args=(redis_url, "sc", "test:stop", "test:enqueued", 0.01)) for _ in range(2)
     ]
     for proc in schedulers:
         proc.start()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from factories import client_updated, owner_changed, partner_updated, renewal_removed, renewal_updated, services_ended
+
 from worker.events import parse_event
 from worker.keys import Keys
 from worker.store import Store
