@@ -116,7 +116,7 @@ def test_cli_enqueue_reports_bad_lines_and_enqueues_the_good_ones(runtime, redis
 def test_the_procfile_worker_consumes_from_the_real_broker(runtime, redis_url):
     procfile = (ROOT / "Procfile").read_text(encoding="utf-8")
     line = next(row for row in procfile.splitlines() if row.startswith("worker:"))
-    command = line.split(":", 1)[1].split() + ["--processes", "2", "--threads", "2"]
+    command = [*line.split(":", 1)[1].split(), "--processes", "2", "--threads", "2"]
     assert command[0] == "dramatiq"
     command[0] = str(Path(sys.executable).with_name("dramatiq"))
     env = {**os.environ, "REDIS_URL": redis_url, "KEY_PREFIX": "it"}
