@@ -85,17 +85,24 @@ def test_a_valid_file_may_count_from_the_start_and_name_other_statuses() -> None
         (reminder_yaml(id="[a, b]"), 2, "reminders[0].id", "single value"),
         (reminder_yaml(id="first notice"), 2, "reminders[0].id", "plain name"),
         (reminder_yaml(template="../secrets"), 6, "reminders[0].template", "plain name"),
-        (reminder_yaml(anchor="renewal"), 3, "reminders[0].anchor", "not one of: deadline, start"),
+        (
+            reminder_yaml(anchor="renewal"),
+            3,
+            "reminders[0].anchor",
+            "unknown anchor 'renewal'; expected one of: deadline, start",
+        ),
         (reminder_yaml(send_time='"24:00"'), 5, "reminders[0].send_time", "not a time of day"),
         (reminder_yaml(send_time='"9 am"'), 5, "reminders[0].send_time", "not a time of day"),
         (reminder_yaml(send_time=""), 5, "reminders[0].send_time", "empty value"),
         (reminder_yaml(statuses="[pending, lapsed]"), 7, "reminders[0].statuses[1]", "unknown status 'lapsed'"),
-        (reminder_yaml(statuses="pending"), 7, "reminders[0].statuses", "expected a list"),
-        (reminder_yaml(statuses="[]"), 7, "reminders[0].statuses", "never be sent"),
+        (reminder_yaml(statuses="pending"), 7, "reminders[0].statuses", "expected a non-empty list"),
+        (reminder_yaml(statuses="[]"), 7, "reminders[0].statuses", "expected a non-empty list"),
         (reminder_yaml(offset_days="1"), 4, "reminders[0].offset_days", "after the deadline"),
         (reminder_yaml(anchor="start", offset_days="-44"), 4, "reminders[0].offset_days", "use -45 or less"),
-        (VALID.replace("45", "0"), 1, "deadline_days_before_start", "at least 1"),
-        (VALID.replace("45", "-5"), 1, "deadline_days_before_start", "at least 1"),
+        (VALID.replace("45", "0"), 1, "deadline_days_before_start", "from 1 to 3660"),
+        (VALID.replace("45", "-5"), 1, "deadline_days_before_start", "from 1 to 3660"),
+        (VALID.replace("45", "45000"), 1, "deadline_days_before_start", "from 1 to 3660"),
+        (reminder_yaml(offset_days="-3000000"), 4, "reminders[0].offset_days", "more than ten years"),
         ("reminders: []\n", 1, "reminders", "at least one reminder"),
         ("reminders:\n  first-notice: {}\n", 2, "reminders", "expected a list"),
         ("reminders:\n  - first-notice\n", 2, "reminders[0]", "expected a mapping"),
@@ -125,7 +132,7 @@ def test_a_template_that_does_not_exist_is_reported_only_when_templates_are_know
     assert check_rules(path, known_templates={"first-notice"}) == []
     problems = check_rules(path, known_templates={"second-notice"})
     assert [(p.line, p.field, p.message) for p in problems] == [
-        (7, "reminders[0].template", "unknown template 'first-notice'")
+        (7, "reminders[0].template", "unknown template 'first-notice'; expected one of: second-notice")
     ]
 
 
@@ -217,7 +224,8 @@ def notice(rule_id: str = "n", *, anchor: str = "deadline", offset_days: int = -
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: RuleSet(0, (notice(),)), "at least 1"),
+        (lambda: RuleSet(0, (notice(),)), "from 1 to 3660"),
+        (lambda: RuleSet(45, (notice(offset_days=-4000),)), "ten years"),
         (lambda: RuleSet(45, ()), "at least one reminder"),
         (lambda: RuleSet(45, (notice("a"), notice("a"))), "unique"),
         (lambda: RuleSet(45, (notice(offset_days=2),)), "after the deadline"),

@@ -41,11 +41,15 @@ _DECIMAL = re.compile(r"^[-+]?[0-9]+$")
 _NULL_TAG = "tag:yaml.org,2002:null"
 _TOP_KEYS = frozenset({"deadline_days_before_start", "reminders"})
 _REMINDER_KEYS = frozenset({"id", "anchor", "offset_days", "send_time", "template", "statuses"})
+# Day counts are bounded so that a typo cannot push date arithmetic out of range for every renewal.
+_MAX_DAYS = 3660
 _log = logging.getLogger("worker.rules")
 
 
 def _offset_problem(anchor: str, offset_days: int, deadline_days: int | None) -> str | None:
     # The deadline is a day: a reminder due after it could no longer change anything.
+    if abs(offset_days) > _MAX_DAYS:
+        return f"{offset_days} days is more than ten years away: surely a typo"
     if anchor == "deadline" and offset_days > 0:
         return f"{offset_days} days after the deadline is too late: use 0 (the deadline day) or less"
     if anchor == "start" and deadline_days is not None and offset_days > -deadline_days:
@@ -89,8 +93,8 @@ class RuleSet:
     source: str = "<memory>"
 
     def __post_init__(self) -> None:
-        if self.deadline_days_before_start < 1:
-            raise ValueError("deadline_days_before_start must be at least 1")
+        if not 1 <= self.deadline_days_before_start <= _MAX_DAYS:
+            raise ValueError(f"deadline_days_before_start must be from 1 to {_MAX_DAYS}")
         if not self.reminders:
             raise ValueError("at least one reminder is needed")
         ids = [rule.id for rule in self.reminders]
@@ -159,7 +163,7 @@ class _Checker:
             name = key.value if isinstance(key, ScalarNode) else ""
             path = f"{field}.{name}" if field else name
             if name not in allowed:
-                self.add(key, path or field, f"unknown key; expected one of: {_join(allowed)}")
+                self.add(key, path or field, f"unknown key; expected one of: {', '.join(sorted(allowed))}")
             elif name in found:
                 self.add(key, path, f"duplicate key (first at line {keys[name].start_mark.line + 1})")
             else:
@@ -180,12 +184,15 @@ class _Checker:
             return None
         return str(node.value)
 
-    def name(self, node: Node | None, field: str) -> str | None:
+    def name(self, node: Node | None, field: str, known: Collection[str] | None = None, what: str = "") -> str | None:
         value = self.text(node, field)
         if value is not None and not _NAME.match(value):
             self.add(node, field, f"{value!r} is not a plain name (letters, digits, '-' and '_')")
-            return None
-        return value
+        elif value is not None and known is not None and value not in known:
+            self.add(node, field, f"unknown {what} {value!r}; expected one of: {', '.join(sorted(known))}")
+        else:
+            return value
+        return None
 
     def integer(self, node: Node | None, field: str) -> int | None:
         # Decimal only: YAML 1.1 would read `-010` as octal and `1:30` as 90.
@@ -206,58 +213,42 @@ class _Checker:
     def statuses(self, node: Node | None, field: str) -> frozenset[str] | None:
         if node is None:
             return frozenset({"pending"})
-        if not isinstance(node, SequenceNode):
-            self.add(node, field, f"expected a list such as [pending], got {_describe(node)}")
+        if not isinstance(node, SequenceNode) or not node.value:
+            self.add(node, field, f"expected a non-empty list such as [pending], got {_describe(node)}")
             return None
-        if not node.value:
-            self.add(node, field, "empty: the reminder would never be sent")
-            return None
-        found: set[str] = set()
-        for i, item in enumerate(node.value):
-            value = self.text(item, f"{field}[{i}]")
-            if value is not None and value not in RENEWAL_STATUSES:
-                self.add(item, f"{field}[{i}]", f"unknown status {value!r}; expected one of: {_join(RENEWAL_STATUSES)}")
-            elif value is not None:
-                found.add(value)
-        return frozenset(found) if len(found) == len(node.value) else None
+        found = [self.name(item, f"{field}[{i}]", RENEWAL_STATUSES, "status") for i, item in enumerate(node.value)]
+        return None if None in found else frozenset(s for s in found if s is not None)
 
     def reminder(self, node: Node, field: str, deadline_days: int | None) -> ReminderRule | None:
         fields = self.mapping(node, field, _REMINDER_KEYS, optional=frozenset({"statuses"}))
-        rule_id = self.name(fields.get("id"), f"{field}.id")
+        at = {key: (fields.get(key), f"{field}.{key}") for key in _REMINDER_KEYS}
+        rule_id = self.name(*at["id"])
         if rule_id is not None and rule_id in self.id_lines:
-            self.add(fields["id"], f"{field}.id", f"duplicate id {rule_id!r} (first at line {self.id_lines[rule_id]})")
-            rule_id = None
+            self.add(*at["id"], f"duplicate id {rule_id!r} (first at line {self.id_lines[rule_id]})")
         elif rule_id is not None:
             self.id_lines[rule_id] = fields["id"].start_mark.line + 1
-        anchor_text = self.text(fields.get("anchor"), f"{field}.anchor")
-        anchor: Anchor | None = "deadline" if anchor_text == "deadline" else "start" if anchor_text == "start" else None
-        if anchor_text is not None and anchor is None:
-            self.add(fields.get("anchor"), f"{field}.anchor", f"{anchor_text!r} is not one of: {_join(ANCHORS)}")
-        offset_days = self.integer(fields.get("offset_days"), f"{field}.offset_days")
-        send_time = self.clock_time(fields.get("send_time"), f"{field}.send_time")
-        template = self.name(fields.get("template"), f"{field}.template")
-        if template is not None and self.known_templates is not None and template not in self.known_templates:
-            self.add(fields.get("template"), f"{field}.template", f"unknown template {template!r}")
-            template = None
-        statuses = self.statuses(fields.get("statuses"), f"{field}.statuses")
-        if anchor is not None and offset_days is not None:
-            problem = _offset_problem(anchor, offset_days, deadline_days)
-            if problem is not None:
-                self.add(fields.get("offset_days"), f"{field}.offset_days", problem)
-                offset_days = None
-        if rule_id is None or anchor is None or offset_days is None or send_time is None:
-            return None
-        if template is None or statuses is None:
-            return None
-        return ReminderRule(rule_id, anchor, offset_days, send_time, template, statuses)
+        anchor_name = self.name(*at["anchor"], ANCHORS, "anchor")
+        anchor: Anchor | None = "deadline" if anchor_name == "deadline" else "start" if anchor_name == "start" else None
+        offset_days = self.integer(*at["offset_days"])
+        send_time = self.clock_time(*at["send_time"])
+        template = self.name(*at["template"], self.known_templates, "template")
+        statuses = self.statuses(*at["statuses"])
+        problem = _offset_problem(anchor, offset_days, deadline_days) if anchor and offset_days is not None else None
+        if problem is not None:
+            self.add(*at["offset_days"], problem)
+        if rule_id and anchor and offset_days is not None and send_time and template and statuses and not problem:
+            return ReminderRule(rule_id, anchor, offset_days, send_time, template, statuses)
+        return None
 
     def rule_set(self, root: Node) -> RuleSet | None:
         top = self.mapping(root, "", _TOP_KEYS, optional=frozenset({"deadline_days_before_start"}))
         deadline_days: int | None = DEFAULT_DEADLINE_DAYS_BEFORE_START
         if "deadline_days_before_start" in top:
             deadline_days = self.integer(top["deadline_days_before_start"], "deadline_days_before_start")
-            if deadline_days is not None and deadline_days < 1:
-                self.add(top["deadline_days_before_start"], "deadline_days_before_start", "must be at least 1")
+            if deadline_days is not None and not 1 <= deadline_days <= _MAX_DAYS:
+                self.add(
+                    top["deadline_days_before_start"], "deadline_days_before_start", f"must be from 1 to {_MAX_DAYS}"
+                )
                 deadline_days = None
         reminders = top.get("reminders")
         rules: list[ReminderRule | None] = []
@@ -270,10 +261,6 @@ class _Checker:
         if self.problems or deadline_days is None:
             return None
         return RuleSet(deadline_days, tuple(r for r in rules if r is not None), self.source)
-
-
-def _join(values: Collection[str]) -> str:
-    return ", ".join(sorted(values))
 
 
 def _check_bytes(
