@@ -33,8 +33,8 @@ DEFAULT = RuleSet(
 EARLY = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def renewal(start: date = START, status: str = "pending") -> RenewalData:
@@ -339,7 +339,7 @@ def test_a_start_date_that_moves_later_moves_open_reminders_but_never_resends_fi
     ],
 )
 def test_a_removed_ended_or_decided_renewal_has_an_empty_plan_with_the_reason(
-    options: dict[str, bool], status: str, reason: str
+    options: dict[str, Any], status: str, reason: str
 ) -> None:
     result = plan(renewal_data=renewal(status=status), now=utc(2025, 4, 26), **options)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from worker.events import ClientData, Contacts, OwnerData, PartnerData, Product, RenewalData
 from worker.planner import Plan, deadline_end, plan_renewal
-from worker.rules import RENEWAL_STATUSES, ReminderRule, RuleSet
+from worker.rules import RENEWAL_STATUSES, Anchor, ReminderRule, RuleSet
 
 # Zones with daylight saving in either hemisphere, half-hour shifts, and changes at midnight.
 ZONES = [
@@ -36,7 +37,7 @@ def rule_sets(draw: st.DrawFn) -> RuleSet:
     count = draw(st.integers(1, 4))
     reminders = []
     for i in range(count):
-        anchor = draw(st.sampled_from(["deadline", "start"]))
+        anchor: Anchor = draw(st.sampled_from(["deadline", "start"]))
         latest = 0 if anchor == "deadline" else -deadline_days
         offset_days = draw(st.integers(latest - 40, latest))
         send_time = time(draw(st.integers(0, 23)), draw(st.sampled_from([0, 15, 30, 59])))
@@ -54,7 +55,7 @@ class Step:
 
     advance: timedelta
     worker_up: bool
-    change: tuple[str, object]
+    change: tuple[str, Any]
 
 
 steps = st.builds(
@@ -121,7 +122,7 @@ def test_over_any_lifetime_each_reminder_goes_out_once_inside_the_deadline_day_a
             services_ended=services_ended,
             client=client if has_client else None,
             partner=partner,
-            override=OwnerData(client_id="c-1", owner=owner),  # type: ignore[arg-type]
+            override=OwnerData(client_id="c-1", owner=owner),
             rules=rules,
             now=at,
             final=final,
@@ -134,7 +135,7 @@ def test_over_any_lifetime_each_reminder_goes_out_once_inside_the_deadline_day_a
         assert sum(p.due_at <= at for p in result.planned) <= 1, "more than one reminder sent at once"
         assert [p.due_at for p in result.planned] == sorted(p.due_at for p in result.planned)
         if removed or services_ended:
-            assert result.planned == result.skipped == ()
+            assert not result.planned and not result.skipped
         final.update((s.reminder_id, "skipped") for s in result.skipped)
         return result
 
@@ -156,11 +157,11 @@ def test_over_any_lifetime_each_reminder_goes_out_once_inside_the_deadline_day_a
         now = later
         kind, value = step.change
         if kind == "move_start":
-            start += timedelta(days=value)  # type: ignore[operator]
+            start += timedelta(days=value)
         elif kind == "status":
-            status = value  # type: ignore[assignment]
+            status = value
         elif kind == "owner":
-            owner = value  # type: ignore[assignment]
+            owner = value
         elif kind == "end_services":
             services_ended = True
         elif kind == "remove":
