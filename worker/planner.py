@@ -144,8 +144,9 @@ def plan_renewal(
 
     Missed reminders (due at or before ``now``): only the most recent is planned, at ``now``; the
     others are skipped as ``missed``. A missed reminder due before one that is already final is
-    skipped too, so that a first notice never arrives after the second one. Once the deadline
-    day has ended, every open reminder is skipped as ``deadline_passed``.
+    skipped too, so that a first notice never arrives after the second one. Of reminders due at
+    the same instant, only the one listed first goes out once that instant has passed. Once the
+    deadline day has ended, every open reminder is skipped as ``deadline_passed``.
     """
     _check_arguments(renewal, client, override, now)
     now = now.astimezone(UTC)
