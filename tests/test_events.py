@@ -122,6 +122,7 @@ BAD_FIELDS = [
     (services_ended, lambda e: e["data"].update(reason="x"), "data.reason"),
     (renewal_updated, lambda e: e["data"].update(start_date="2027-02-30"), "data.start_date"),
     (renewal_updated, lambda e: e["data"].update(start_date="15/03/2027"), "data.start_date"),
+    (renewal_updated, lambda e: e["data"].update(start_date="0001-01-10"), "data.start_date"),
     (renewal_updated, lambda e: e["data"].update(products=[]), "data.products"),
     (renewal_updated, lambda e: e["data"]["products"][0].pop("renewal_mrr"), "data.products.0.renewal_mrr"),
     (renewal_updated, lambda e: e["data"].update(currency="EURO"), "data.currency"),

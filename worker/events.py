@@ -192,10 +192,18 @@ class Product(_Model):
     renewal_mrr: Money
 
 
+def _plausible_start(value: date) -> date:
+    # The deadline and reminder arithmetic subtracts and adds months of days; years near 1 or
+    # 9999 would overflow it, and no contract term starts there.
+    if not 2000 <= value.year <= 2999:
+        raise ValueError("must be a date between the years 2000 and 2999")
+    return value
+
+
 class RenewalData(_Model):
     renewal_id: Id
     client_id: Id
-    start_date: date
+    start_date: Annotated[date, AfterValidator(_plausible_start)]
     products: list[Product] = Field(min_length=1)
     currency: Currency
     current_mrr: Money
