@@ -7,8 +7,10 @@ from datetime import timedelta
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
+import idna
+
 from .decision import Send, Skip, Wait, decide
-from .errors import PermanentSendError, TransientError, TransientSendError
+from .errors import PermanentSendError, TemplateError, TransientError, TransientSendError
 from .ledger import Outcome, due_member
 from .message import build_message, envelope_recipients, message_id_for
 
@@ -33,6 +35,11 @@ def _keep_claim(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str)
 
 def _from_domain(mail_from: str) -> str:
     return parseaddr(mail_from)[1].rpartition("@")[2] or "renewals.invalid"
+
+
+def _envelope_sender(mail_from: str) -> str:
+    local, _, domain = parseaddr(mail_from)[1].rpartition("@")
+    return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}" if domain else local
 
 
 async def deliver(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
@@ -112,7 +119,7 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
             sent_at=now,
         )
         result = await rt.mailer.send(
-            sender=parseaddr(rt.settings.mail_from)[1], recipients=envelope_recipients(to, cc), message=data
+            sender=_envelope_sender(rt.settings.mail_from), recipients=envelope_recipients(to, cc), message=data
         )
     except TransientSendError as exc:
         if not last_try:
@@ -122,6 +129,21 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
         outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
         rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
         _log.error("%s/%s failed after retries: %s", renewal_id, reminder_id, exc)
+        return "failed"
+    except ValueError as exc:
+        # The data cannot make a valid message (build_message refuses it): no retry can help.
+        outcome = Outcome("failed", now, reason="invalid_message", message_id=message_id, reply=str(exc))
+        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+        _log.error("%s/%s cannot be built: %s", renewal_id, reminder_id, exc)
+        return "failed"
+    except TemplateError as exc:
+        # Retried like a deferred send: ops can fix a template and restart before retries run out.
+        rt.ledger.release(partner_id, renewal_id, reminder_id, token)
+        if not last_try:
+            _keep_claim(rt, partner_id, renewal_id, reminder_id)
+            raise
+        outcome = Outcome("failed", now, reason="template_error", message_id=message_id, reply=str(exc))
+        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome)
         return "failed"
     except PermanentSendError as exc:
         rt.ledger.suppress(list(exc.recipients))
