@@ -15,6 +15,7 @@ from dramatiq.middleware import AsyncIO, CurrentMessage
 from .clock import Clock, SystemClock
 from .keys import Keys
 from .ledger import Ledger
+from .middleware import CloseMailer
 from .planning import Planning
 from .schedule import DueIndex
 from .settings import Settings, load_settings
@@ -75,6 +76,12 @@ class Runtime:
 
         return build_mailer(self.settings)
 
+    async def close_mailer(self) -> None:
+        """Close the SMTP connections; the next send opens new ones (on the caller's event loop)."""
+        mailer = self.__dict__.pop("mailer", None)
+        if mailer is not None:
+            await mailer.close()
+
     def close(self) -> None:
         self.broker.close()
         self.redis.close()
@@ -102,6 +109,7 @@ def build_runtime(
     broker = RedisBroker(client=client, namespace=f"{settings.key_prefix}-queue")
     broker.add_middleware(AsyncIO())
     broker.add_middleware(CurrentMessage())
+    broker.add_middleware(CloseMailer())
     dramatiq.set_broker(broker)
     keys = Keys(settings.key_prefix)
     store = Store(

@@ -1,0 +1,302 @@
+"""Delivery on the real Redis and a real SMTP server on loopback: what arrives, once, and what is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import dramatiq
+import pytest
+from factories import client_updated, partner_updated, person, renewal_updated, services_ended
+
+from worker.clock import VirtualClock
+from worker.delivery import LeaseBusy, deliver
+from worker.events import parse_event
+from worker.message import message_id_for
+from worker.runtime import Runtime, build_runtime, set_runtime
+from worker.schedule import Scheduler
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+# Deadline 2027-01-29; the first notice is due 2026-12-30 09:00 in New York (14:00 UTC).
+FIRST_DUE = datetime(2026, 12, 30, 14, 0, tzinfo=UTC)
+MAIL_FROM = "Partner Renewals <renewals@platform.example>"
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def deliver_now(rt: Runtime, reminder: str = "first-notice") -> str:
+    """One delivery on a fresh event loop, closing the SMTP connections it opened."""
+
+    async def run() -> str:
+        try:
+            return await deliver(rt, "p1", "r1", reminder, last_try=False)
+        finally:
+            await rt.close_mailer()
+
+    return asyncio.run(run())
+
+
+def make_runtime(server, redis_url: str, clock: VirtualClock, **overrides) -> Runtime:
+    settings = server.make_settings(
+        redis_url=redis_url,
+        key_prefix="dl",
+        mail_from=MAIL_FROM,
+        delivery_min_backoff_ms=50,
+        delivery_max_backoff_ms=200,
+        delivery_max_retries=3,
+        **overrides,
+    )
+    return build_runtime(settings, clock=clock)
+
+
+def ingest(rt: Runtime, *raws) -> None:
+    for raw in raws:
+        event = parse_event(raw)
+        rt.store.apply(event)
+        rt.planning.replan_for_event(event, rt.rules(), rt.clock.now())
+
+
+def seed(rt: Runtime, **client_over) -> None:
+    client = {
+        "domain": "bücher.de",
+        "locale": "de",
+        "contacts": {
+            "primary": person("Jürgen Groß", "juergen@bücher.de"),
+            "billing": person('Petra "Pay" Müller', "petra@example.com"),
+            "decision_maker": person("Bob <script>", "bob@example.com"),
+        },
+    }
+    ingest(
+        rt,
+        partner_updated(notify_user=person("Anna Reed", "anna@agency.example")),
+        client_updated(**{**client, **client_over}),
+        renewal_updated(start_date="2027-03-15", at="2026-12-01T10:00:00Z"),
+    )
+
+
+@pytest.fixture
+def pipeline(smtp_server, redis_url) -> Iterator[tuple[Runtime, VirtualClock, object]]:
+    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
+    rt = make_runtime(smtp_server, redis_url, clock)
+    set_runtime(rt)
+    worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    yield rt, clock, smtp_server
+    worker.stop()
+    set_runtime(None)
+    rt.close()
+
+
+def fire_due(rt: Runtime, clock: VirtualClock, moment: datetime) -> int:
+    clock.advance_to(moment)
+    return Scheduler(rt.due_index, rt.actors.enqueue_deliveries, clock.now).run_once()
+
+
+def outcome(rt: Runtime, reminder: str = "first-notice"):
+    return rt.ledger.outcome("p1", "r1", reminder)
+
+
+def test_a_due_reminder_arrives_with_recipients_subject_parts_locale_reply_to_and_message_id(pipeline):
+    rt, clock, server = pipeline
+    seed(rt)
+    assert fire_due(rt, clock, FIRST_DUE) == 1
+    wait_for(lambda: outcome(rt) is not None)
+    (received,) = server.messages
+    assert received.mail_from == "renewals@platform.example"
+    assert sorted(received.rcpt_tos) == sorted(
+        ["juergen@xn--bcher-kva.de", "petra@example.com", "bob@example.com", "anna@agency.example"]
+    )
+    msg = message_from_bytes(received.content, policy=policy.default)
+    assert [a.addr_spec for a in msg["To"].addresses] == [
+        "juergen@xn--bcher-kva.de",
+        "petra@example.com",
+        "bob@example.com",
+    ]
+    assert msg["To"].addresses[0].display_name == "Jürgen Groß"
+    assert msg["To"].addresses[1].display_name == 'Petra "Pay" Müller'
+    assert [a.addr_spec for a in msg["Cc"].addresses] == ["anna@agency.example"]
+    assert "bücher.de" in msg["Subject"]
+    assert msg["Content-Language"] == "de"
+    assert msg["Reply-To"].addresses[0].addr_spec == "olivia@platform.example"
+    assert msg["Message-ID"] == message_id_for("p1", "r1", "first-notice", domain="platform.example")
+    assert msg["X-Renewal-Reminder"] == "r1/first-notice"
+    assert msg["Date"].datetime == FIRST_DUE
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert "bücher.de" in text and "bücher.de" in html
+    assert "<script>" not in html
+    recorded = outcome(rt)
+    assert recorded.kind == "sent" and recorded.message_id == msg["Message-ID"]
+    assert recorded.reply.startswith("250")
+
+
+def test_a_4xx_reply_is_retried_and_the_reminder_is_delivered_once(pipeline):
+    rt, clock, server = pipeline
+    seed(rt)
+    server.reply_next("451 4.3.0 Try again later", at="DATA")
+    fire_due(rt, clock, FIRST_DUE)
+    wait_for(lambda: outcome(rt) is not None)
+    assert outcome(rt).kind == "sent"
+    assert len(server.messages) == 1
+
+
+def test_a_dropped_connection_is_retried_and_delivered_once(pipeline):
+    rt, clock, server = pipeline
+    seed(rt)
+    server.drop_next(at="MAIL", messages=2)
+    fire_due(rt, clock, FIRST_DUE)
+    wait_for(lambda: outcome(rt) is not None)
+    assert outcome(rt).kind == "sent", outcome(rt)
+    assert len(server.messages) == 1
+
+
+def test_a_5xx_refusal_fails_without_retry_and_suppresses_the_address_for_later_reminders(pipeline):
+    rt, clock, server = pipeline
+    seed(rt, contacts={"primary": person("Gone", "gone@example.com")})
+    server.refuse("gone@example.com", "550 5.1.1 No such user")
+    ingest(rt, partner_updated(notify_user=None, at="2026-12-01T11:00:00Z"))
+    fire_due(rt, clock, FIRST_DUE)
+    wait_for(lambda: outcome(rt) is not None)
+    first = outcome(rt)
+    assert first.kind == "failed" and "550" in first.reply
+    assert server.messages == []
+    fire_due(rt, clock, datetime(2027, 1, 22, 14, 0, tzinfo=UTC))
+    wait_for(lambda: outcome(rt, "second-notice") is not None)
+    second = outcome(rt, "second-notice")
+    assert second.kind == "suppressed"
+
+
+def test_a_refused_cc_still_delivers_to_the_others_and_is_suppressed(pipeline):
+    rt, clock, server = pipeline
+    seed(rt)
+    server.refuse("anna@agency.example")
+    fire_due(rt, clock, FIRST_DUE)
+    wait_for(lambda: outcome(rt) is not None)
+    assert outcome(rt).kind == "sent"
+    assert "anna@agency.example" not in server.messages[0].rcpt_tos
+    assert rt.ledger.is_suppressed(["ANNA@agency.example"]) == [True]
+
+
+def test_retries_running_out_record_failed_with_the_last_reply(pipeline):
+    rt, clock, server = pipeline
+    seed(rt)
+    server.reply_next("421 4.7.0 Too busy", at="MAIL", messages=20)
+    fire_due(rt, clock, FIRST_DUE)
+    wait_for(lambda: outcome(rt) is not None)
+    failed = outcome(rt)
+    assert failed.kind == "failed" and failed.reason == "retries exhausted"
+    assert "421" in failed.reply
+    assert server.messages == []
+
+
+def test_services_ended_after_planning_sends_nothing_and_records_why(pipeline):
+    rt, clock, server = pipeline
+    seed(rt)
+    clock.advance_to(FIRST_DUE)
+    claimed = rt.due_index.claim(clock.now(), lease_ms=60_000, limit=10)
+    rt.store.apply(parse_event(services_ended(at="2026-12-29T00:00:00Z")))  # state changes, no re-plan yet
+    rt.actors.enqueue_deliveries(claimed)
+    wait_for(lambda: outcome(rt) is not None)
+    assert (outcome(rt).kind, outcome(rt).reason) == ("skipped", "services_ended")
+    assert server.messages == []
+
+
+def test_a_lease_left_by_a_dead_worker_expires_and_the_retry_keeps_the_message_id(smtp_server, redis_url):
+    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
+    rt = make_runtime(smtp_server, redis_url, clock, send_lease_ms=1_000)
+    seed(rt)
+    clock.advance_to(FIRST_DUE)
+    result, _token = rt.ledger.claim("p1", "r1", "first-notice")  # a worker that then died
+    assert result == "claimed"
+    with pytest.raises(LeaseBusy):
+        deliver_now(rt)
+    time.sleep(1.1)
+    assert deliver_now(rt) == "sent"
+    msg = message_from_bytes(smtp_server.messages[0].content)
+    assert msg["Message-ID"] == message_id_for("p1", "r1", "first-notice", domain="platform.example")
+    rt.close()
+
+
+def test_two_runtimes_delivering_the_same_reminder_at_once_send_one_email(smtp_server, redis_url):
+    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
+    a, b = (make_runtime(smtp_server, redis_url, clock) for _ in range(2))
+    seed(a)
+    clock.advance_to(FIRST_DUE)
+    results: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run(rt: Runtime) -> None:
+        barrier.wait()
+        try:
+            results.append(deliver_now(rt))
+        except LeaseBusy:
+            results.append("busy")
+
+    threads = [threading.Thread(target=run, args=(rt,)) for rt in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) in (["already_final", "sent"], ["busy", "sent"])
+    assert len(smtp_server.messages) == 1
+    a.close()
+    b.close()
+
+
+def test_the_same_delivery_enqueued_twice_through_two_worker_processes_sends_one_email(smtp_server, redis_url):
+    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
+    rt = make_runtime(smtp_server, redis_url, clock)
+    # The worker processes run on the real clock: plan a renewal whose first notice is due now.
+    start = (datetime.now(UTC) + timedelta(days=45 + 20)).date().isoformat()
+    ingest(rt, partner_updated(), client_updated(), renewal_updated(start_date=start))
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "KEY_PREFIX": "dl",
+        "SMTP_HOST": smtp_server.host,
+        "SMTP_PORT": str(smtp_server.port),
+        "SMTP_SECURITY": "none",
+        "MAIL_FROM": MAIL_FROM,
+    }
+    command = [str(Path(sys.executable).with_name("dramatiq")), "worker.entrypoint", "--processes", "1"]
+    command += ["--threads", "2", "--queues", "deliveries"]
+    procs = [subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        for _ in range(4):
+            rt.actors.deliver.send("p1", "r1", "first-notice", 0)
+        wait_for(lambda: outcome(rt) is not None, timeout_s=40)
+        time.sleep(1.0)  # give any duplicate a chance to arrive
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.communicate(timeout=30)
+    assert outcome(rt).kind == "sent"
+    assert len(smtp_server.messages) == 1
+    rt.close()
+
+
+def test_starttls_with_a_trusted_certificate_delivers_encrypted(smtp_server_starttls, redis_url):
+    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
+    rt = make_runtime(smtp_server_starttls, redis_url, clock)
+    seed(rt)
+    clock.advance_to(FIRST_DUE)
+    assert deliver_now(rt) == "sent"
+    assert smtp_server_starttls.messages[0].encrypted
+    rt.close()
