@@ -156,9 +156,10 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
         _keep_claim(rt, partner_id, renewal_id, reminder_id)
         raise
     rt.ledger.suppress(list(result.refused))
+    # Recorded when the server accepted it (the Date header carries when it was written).
     outcome = Outcome(
         "sent",
-        now,
+        rt.clock.now(),
         message_id=message_id,
         to=tuple(p.email for p in to),
         cc=tuple(p.email for p in cc),
