@@ -1,0 +1,378 @@
+"""Delivery of rendered messages: a pool of persistent SMTP connections, or .eml files in a folder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import ssl
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Protocol
+
+from aiosmtplib import (
+    SMTP,
+    SMTPException,
+    SMTPRecipientRefused,
+    SMTPResponseException,
+    SMTPTimeoutError,
+)
+from aiosmtplib.email import parse_address
+
+from .errors import ConfigError, PermanentSendError, RenewalsError, TransientSendError
+from .settings import Settings
+
+__all__ = ["Mailer", "OutboxMailer", "SendResult", "SmtpPool", "build_mailer"]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The server's final reply; ``refused`` maps recipients refused for good (5xx) to the server's reply."""
+
+    reply: str
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+
+class Mailer(Protocol):
+    """Hands one message to its envelope recipients.
+
+    Raises TransientSendError (retry later), PermanentSendError (do not retry) or ConfigError (fix the
+    settings); ValueError for an envelope that is not a sender and a non-empty list of addresses.
+    """
+
+    async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    """The SMTP pool when SMTP_HOST is set, else the outbox folder (the embedded default)."""
+    if settings.smtp_host:
+        return SmtpPool(settings)
+    return OutboxMailer(settings.outbox_dir)
+
+
+class _Slot:
+    """One place in the pool; its connection is made on first use and replaced when it breaks."""
+
+    __slots__ = ("_transport", "smtp")
+
+    def __init__(self) -> None:
+        self.smtp: SMTP | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def hold(self, smtp: SMTP) -> None:
+        self.smtp, self._transport = smtp, smtp.transport
+
+    def discard(self) -> None:
+        """Close at once: a TLS goodbye (close_notify) waits on the server and can outlive the loop."""
+        if self.smtp is not None:
+            self.smtp.close()
+        if isinstance(self._transport, asyncio.WriteTransport):
+            self._transport.abort()
+        self.smtp = self._transport = None
+
+
+class SmtpPool:
+    """Up to ``smtp_pool_size`` persistent connections, shared by concurrent sends on one event loop.
+
+    Nothing asyncio is created before the first send, so the pool can be built in one thread and used
+    from the loop dramatiq's AsyncIO middleware runs in another.
+
+    Error translation: 4xx replies, refused or lost connections and timeouts raise TransientSendError;
+    5xx replies raise PermanentSendError, with ``recipients`` naming the addresses refused at RCPT
+    (empty when the server refused the message itself, at MAIL or DATA). A failed login is a
+    PermanentSendError too (``code`` 535 for bad credentials), so the message is dead-lettered with the
+    server's reason rather than retried against the same wrong password. Settings the server cannot
+    honour (no STARTTLS, no AUTH, an untrusted certificate) raise ConfigError.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.smtp_host:
+            raise ConfigError("SmtpPool needs SMTP_HOST")
+        self._settings = settings
+        self._where = f"{settings.smtp_host}:{settings.smtp_port_effective}"
+        self._tls_context = None if settings.smtp_security == "none" else _client_tls_context(settings.smtp_ca_file)
+        # A LIFO queue hands out the connection used last: sequential sends keep reusing one warm
+        # connection instead of cycling through (and opening) all of them.
+        self._slots: asyncio.LifoQueue[_Slot] | None = None
+        self._closed = False
+
+    async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
+        _check_envelope(sender, recipients)
+        if self._closed:
+            raise RuntimeError("SmtpPool is closed")
+        slots = self._get_slots()
+        slot = await slots.get()
+        try:
+            try:
+                return await self._send_on(slot, sender, recipients, message)
+            except ConnectionError:
+                # Most often the server closed a connection that sat idle in the pool; only a fresh
+                # connection tells whether the server itself is in trouble.
+                slot.discard()
+            try:
+                return await self._send_on(slot, sender, recipients, message)
+            except ConnectionError as exc:
+                slot.discard()
+                raise TransientSendError(f"SMTP {self._where}: connection lost twice while sending: {exc}") from exc
+        except RenewalsError:
+            raise
+        except BaseException:
+            # Cancelled or failed mid-transaction: the connection's state is unknown.
+            slot.discard()
+            raise
+        finally:
+            if slot.smtp is not None and not slot.smtp.is_connected:
+                slot.discard()  # aiosmtplib closed it (421, timeout); finish that now
+            slots.put_nowait(slot)
+
+    async def close(self) -> None:
+        """QUIT every connection, after sends in flight have handed theirs back."""
+        self._closed = True
+        slots, self._slots = self._slots, None
+        if slots is None:
+            return
+        for _ in range(self._settings.smtp_pool_size):
+            slot = await slots.get()
+            if slot.smtp is not None and slot.smtp.is_connected:
+                with contextlib.suppress(SMTPException, OSError):
+                    await slot.smtp.quit()
+            slot.discard()
+
+    def _get_slots(self) -> asyncio.LifoQueue[_Slot]:
+        if self._slots is None:
+            self._slots = asyncio.LifoQueue()
+            for _ in range(self._settings.smtp_pool_size):
+                self._slots.put_nowait(_Slot())
+        return self._slots
+
+    async def _send_on(self, slot: _Slot, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
+        smtp = slot.smtp
+        if smtp is None or not smtp.is_connected:
+            slot.discard()
+            smtp = await self._connect(slot)
+        return await _transaction(smtp, self._where, sender, recipients, message)
+
+    async def _connect(self, slot: _Slot) -> SMTP:
+        settings = self._settings
+        smtp = SMTP(
+            hostname=settings.smtp_host,
+            port=settings.smtp_port_effective,
+            timeout=settings.smtp_timeout_s,
+            use_tls=settings.smtp_security == "tls",
+            # Explicit False for "none": aiosmtplib's default (None) upgrades only when offered, and
+            # silently stays in plaintext when a man in the middle strips the offer.
+            start_tls=settings.smtp_security == "starttls",
+            tls_context=self._tls_context,
+        )
+        try:
+            await smtp.connect()  # closes the connection itself when it fails
+            slot.hold(smtp)
+            if settings.smtp_username is not None:
+                # Settings already refuse SMTP_SECURITY=none with a username; this holds even for
+                # settings built without validation.
+                if smtp.get_transport_info("sslcontext") is None:
+                    raise ConfigError(
+                        f"SMTP {self._where}: refusing to send credentials over an unencrypted connection"
+                    )
+                await smtp.login(settings.smtp_username, settings.smtp_password or "")
+        except BaseException as exc:
+            slot.discard()
+            if isinstance(exc, Exception) and not isinstance(exc, RenewalsError):
+                raise _connect_error(self._where, exc) from exc
+            raise
+        return smtp
+
+
+async def _transaction(smtp: SMTP, where: str, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
+    """MAIL, RCPT for each recipient, DATA; connection losses propagate for the pool to retry."""
+    options, encoding = _mail_options(smtp, where, sender, recipients, message)
+    stage = "MAIL"
+    try:
+        try:
+            await smtp.mail(sender, options=options, encoding=encoding)
+            stage = "RCPT"
+            refusals: dict[str, SMTPRecipientRefused] = {}
+            for recipient in recipients:
+                try:
+                    await smtp.rcpt(recipient, encoding=encoding)
+                except SMTPRecipientRefused as exc:
+                    refusals[recipient] = exc
+            deferred = {address: exc for address, exc in refusals.items() if not _is_permanent(exc.code)}
+            if deferred:
+                # The whole message waits, and DATA is never sent: a partial delivery now would leave
+                # the retry to choose between resending to everyone (duplicates) or tracking who got
+                # it. Deferring for all keeps the retry a plain resend to the same list.
+                raise _translate(next(iter(deferred.values())), where, "RCPT", _describe(deferred))
+            if len(refusals) == len(recipients):
+                first = next(iter(refusals.values()))
+                raise PermanentSendError(
+                    f"SMTP {where} refused every recipient at RCPT: {_describe(refusals)}",
+                    code=first.code,
+                    recipients=tuple(refusals),
+                )
+            stage = "DATA"
+            response = await smtp.data(message)
+        except SMTPResponseException as exc:
+            if not (_is_permanent(exc.code) or _is_transient(exc.code)):
+                smtp.close()  # a reply that is not SMTP: the connection is out of step
+            raise _translate(exc, where, stage, f"{exc.code} {exc.message}") from exc
+    except (TransientSendError, PermanentSendError):
+        await _reset(smtp)
+        raise
+    except SMTPTimeoutError as exc:
+        # Not retried here: after DATA the server may have queued the message already.
+        raise TransientSendError(f"SMTP {where}: timed out at {stage}: {exc}") from exc
+    refused = {address: f"{exc.code} {exc.message}" for address, exc in refusals.items()}
+    return SendResult(reply=f"{response.code} {response.message}", refused=refused)
+
+
+def _mail_options(
+    smtp: SMTP, where: str, sender: str, recipients: Sequence[str], message: bytes
+) -> tuple[list[str], str]:
+    options = []
+    if smtp.supports_extension("size"):
+        options.append(f"SIZE={len(message)}")
+    if not message.isascii() and smtp.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    if all(parse_address(address).isascii() for address in (sender, *recipients)):
+        return options, "ascii"
+    if not smtp.supports_extension("smtputf8"):
+        raise PermanentSendError(
+            f"SMTP {where} does not support SMTPUTF8, needed for non-ASCII addresses",
+            recipients=tuple(r for r in recipients if not parse_address(r).isascii()),
+        )
+    return [*options, "SMTPUTF8"], "utf-8"
+
+
+async def _reset(smtp: SMTP) -> None:
+    """Clear a failed transaction so the connection can carry the next message, or close it."""
+    if not smtp.is_connected:
+        return
+    try:
+        await smtp.rset()
+    except (SMTPException, OSError):
+        smtp.close()
+
+
+def _is_transient(code: int) -> bool:
+    return 400 <= code < 500
+
+
+def _is_permanent(code: int) -> bool:
+    return 500 <= code < 600
+
+
+def _describe(refusals: Mapping[str, SMTPRecipientRefused]) -> str:
+    return "; ".join(f"{address}: {exc.code} {exc.message}" for address, exc in refusals.items())
+
+
+def _translate(exc: SMTPResponseException, where: str, stage: str, detail: str) -> RenewalsError:
+    if _is_permanent(exc.code):
+        return PermanentSendError(f"SMTP {where} refused the message at {stage}: {detail}", code=exc.code)
+    return TransientSendError(f"SMTP {where} deferred the message at {stage}: {detail}", code=exc.code)
+
+
+def _connect_error(where: str, exc: Exception) -> RenewalsError:
+    if isinstance(exc, SMTPResponseException):
+        if _is_permanent(exc.code):
+            return PermanentSendError(f"SMTP {where} refused the session: {exc.code} {exc.message}", code=exc.code)
+        return TransientSendError(f"SMTP {where} deferred the session: {exc.code} {exc.message}", code=exc.code)
+    if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+        return ConfigError(f"SMTP {where}: TLS failed (is the CA in SMTP_CA_FILE, is the port right?): {exc}")
+    if isinstance(exc, OSError | SMTPTimeoutError):  # refused, unreachable, lost, timed out
+        return TransientSendError(f"SMTP {where}: cannot connect: {exc}")
+    # What remains are capabilities the settings ask for and the server lacks: STARTTLS, AUTH.
+    return ConfigError(f"SMTP {where}: {exc}")
+
+
+def _client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's CAs, plus SMTP_CA_FILE when set (private CAs, tests)."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except OSError as exc:
+            raise ConfigError(f"invalid setting SMTP_CA_FILE: cannot load {ca_file}: {exc}") from exc
+    return context
+
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_envelope(sender: str, recipients: Sequence[str]) -> None:
+    """Reject a bad envelope before any connection is touched.
+
+    aiosmtplib parses leniently: "a@x, b@x" would go out as "a@x" alone, and a line break would
+    fail only after MAIL, in the middle of a transaction.
+    """
+    if isinstance(recipients, str) or not recipients:
+        raise ValueError(f"recipients must be a non-empty sequence of addresses, not {recipients!r}")
+    for address in (sender, *recipients):
+        parsed = getaddresses([address])
+        if _CONTROL_CHARACTERS.search(address) or len(parsed) != 1 or not parsed[0][1]:
+            raise ValueError(f"not one email address: {address!r}")
+        parse_address(address)  # raises ValueError for what cannot go on an SMTP command line
+
+
+class OutboxMailer:
+    """Writes each message as ``<outbox_dir>/<Message-ID>.eml``: the embedded default, readable by people.
+
+    Naming the file after the Message-ID makes a retried send replace its earlier file instead of
+    adding a second copy. The envelope is not written: Bcc-only recipients are not visible in the file.
+    """
+
+    def __init__(self, outbox_dir: Path) -> None:
+        self._outbox_dir = outbox_dir
+
+    async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
+        _check_envelope(sender, recipients)
+        path = self._outbox_dir / _eml_name(message)
+        try:
+            await asyncio.to_thread(_write_atomically, path, message)
+        except OSError as exc:
+            raise TransientSendError(f"cannot write {path}: {exc}") from exc
+        return SendResult(reply=f"250 written to {path}")
+
+    async def close(self) -> None:
+        """Nothing to release: each send opens and closes its own file."""
+
+
+_UNSAFE_IN_FILENAME = re.compile(r"[^A-Za-z0-9._@+=-]")
+
+
+def _eml_name(message: bytes) -> str:
+    headers = BytesHeaderParser(policy=policy.default).parsebytes(message)
+    message_id = str(headers.get("Message-ID", "")).strip().strip("<>")
+    if not message_id:
+        # Without an id, the bytes are the only name a resend of the same message reproduces.
+        return f"{hashlib.sha256(message).hexdigest()}.eml"
+    safe = _UNSAFE_IN_FILENAME.sub("_", message_id).lstrip(".")[:150]
+    if safe != message_id:
+        # Two ids that differ only in unsafe characters must not share a file.
+        safe = f"{safe}-{hashlib.sha256(message_id.encode()).hexdigest()[:12]}"
+    return f"{safe}.eml"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Readers of the folder see the old file or the new one, never half a message."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
