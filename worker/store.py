@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from .errors import TransientError
 from .events import (
+    TRUSTED,
     ClientData,
     ClientOwnerChanged,
     ClientServicesEnded,
@@ -27,7 +28,16 @@ from .events import (
 )
 from .keys import Keys
 
-__all__ = ["ApplyOutcome", "ClientState", "DeadLetter", "RenewalState", "Store", "micros"]
+__all__ = [
+    "ApplyOutcome",
+    "ClientState",
+    "DeadLetter",
+    "RenewalState",
+    "Store",
+    "from_micros",
+    "micros",
+    "parse_stored",
+]
 
 ApplyOutcome = Literal["applied", "duplicate", "stale", "already_ended"]
 M = TypeVar("M", bound=BaseModel)
@@ -98,7 +108,7 @@ class DeadLetter:
     raw: str
 
 
-def _when(ts: bytes | None) -> datetime | None:
+def from_micros(ts: bytes | None) -> datetime | None:
     if ts is None:
         return None
     value = int(ts)
@@ -176,7 +186,7 @@ class Store:
         return out
 
     def partner(self, partner_id: str) -> PartnerData | None:
-        return _model(PartnerData, self.redis.hget(self.keys.partner(partner_id), "data"))
+        return parse_stored(PartnerData, self.redis.hget(self.keys.partner(partner_id), "data"))
 
     def client_state(self, partner_id: str, client_id: str) -> ClientState:
         k = self.keys
@@ -187,15 +197,17 @@ class Store:
             client_raw, owner_raw, ended_ts = pipe.execute()
         return ClientState(
             client_id=client_id,
-            client=_model(ClientData, client_raw),
-            override=_model(OwnerData, owner_raw),
+            client=parse_stored(ClientData, client_raw),
+            override=parse_stored(OwnerData, owner_raw),
             services_ended=ended_ts is not None,
-            ended_at=_when(ended_ts),
+            ended_at=from_micros(ended_ts),
         )
 
     def renewal_state(self, partner_id: str, renewal_id: str) -> RenewalState:
         raw = self.redis.hmget(self.keys.renewal(partner_id, renewal_id), ["data", "removed", "ts"])
-        return RenewalState(renewal=_model(RenewalData, raw[0]), removed=raw[1] == b"1", updated_at=_when(raw[2]))
+        return RenewalState(
+            renewal=parse_stored(RenewalData, raw[0]), removed=raw[1] == b"1", updated_at=from_micros(raw[2])
+        )
 
     def partner_ids(self) -> list[str]:
         return sorted(m.decode() for m in self.redis.smembers(self.keys.partners()))
@@ -213,5 +225,6 @@ class Store:
         return sorted(m.decode() for m in self.redis.smembers(key))
 
 
-def _model(cls: type[M], raw: bytes | None) -> M | None:
-    return None if raw is None else cls.model_validate_json(raw)
+def parse_stored(cls: type[M], raw: bytes | None) -> M | None:
+    """Read back a record this store wrote: it was validated on the way in, so costly checks are skipped."""
+    return None if raw is None else cls.model_validate_json(raw, context=TRUSTED)
