@@ -222,7 +222,7 @@ def test_a_lease_left_by_a_dead_worker_expires_and_the_retry_keeps_the_message_i
     rt = make_runtime(smtp_server, redis_url, clock, send_lease_ms=1_000)
     seed(rt)
     clock.advance_to(FIRST_DUE)
-    result, _token = rt.ledger.claim("p1", "r1", "first-notice")  # a worker that then died
+    result, _token, _ = rt.ledger.claim("p1", "r1", "first-notice")  # a worker that then died
     assert result == "claimed"
     with pytest.raises(LeaseBusy):
         deliver_now(rt)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import idna
 
 from .decision import Send, Skip, Wait, decide
-from .errors import PermanentSendError, TemplateError, TransientError, TransientSendError
+from .errors import PermanentSendError, TransientError
 from .ledger import Outcome, due_member
 from .message import build_message, envelope_recipients, message_id_for
 
@@ -47,10 +47,10 @@ async def deliver(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: st
     now = rt.clock.now()
     rules = rt.rules()
     member = due_member(partner_id, renewal_id, reminder_id)
-    if rt.ledger.outcome(partner_id, renewal_id, reminder_id) is not None:
+    view = rt.planning.view(partner_id, renewal_id)
+    if reminder_id in view.outcomes:
         rt.due_index.release(member)
         return "already_final"
-    view = rt.planning.view(partner_id, renewal_id)
     client = view.client
     decision = decide(
         reminder_id,
@@ -78,22 +78,23 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
     now = rt.clock.now()
     people_to = [r.person for r in send.routing.to]
     people_cc = [r.person for r in send.routing.cc]
-    flags = rt.ledger.is_suppressed([p.email for p in people_to + people_cc])
-    to = [p for p, flag in zip(people_to, flags[: len(people_to)], strict=True) if not flag]
-    cc = [p for p, flag in zip(people_cc, flags[len(people_to) :], strict=True) if not flag]
-    suppressed = [p.email for p, flag in zip(people_to + people_cc, flags, strict=True) if flag]
-    if not to:
-        outcome = Outcome("suppressed", now, reason="every recipient is suppressed", extra={"addresses": suppressed})
-        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome)
-        return "suppressed"
-
-    claim, token = rt.ledger.claim(partner_id, renewal_id, reminder_id)
+    # One round trip: which recipients are suppressed, and the lease on the reminder.
+    claim, token, flags = rt.ledger.claim(
+        partner_id, renewal_id, reminder_id, check_suppressed=[p.email for p in people_to + people_cc]
+    )
     if claim == "final":
         rt.due_index.release(due_member(partner_id, renewal_id, reminder_id))
         return "already_final"
     if claim == "busy":
         _keep_claim(rt, partner_id, renewal_id, reminder_id)
         raise LeaseBusy(f"{renewal_id}/{reminder_id} is being sent by another worker")
+    to = [p for p, flag in zip(people_to, flags[: len(people_to)], strict=True) if not flag]
+    cc = [p for p, flag in zip(people_cc, flags[len(people_to) :], strict=True) if not flag]
+    suppressed = [p.email for p, flag in zip(people_to + people_cc, flags, strict=True) if flag]
+    if not to:
+        outcome = Outcome("suppressed", now, reason="every recipient is suppressed", extra={"addresses": suppressed})
+        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+        return "suppressed"
 
     message_id = message_id_for(partner_id, renewal_id, reminder_id, domain=_from_domain(rt.settings.mail_from))
     try:
@@ -121,29 +122,11 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
         result = await rt.mailer.send(
             sender=_envelope_sender(rt.settings.mail_from), recipients=envelope_recipients(to, cc), message=data
         )
-    except TransientSendError as exc:
-        if not last_try:
-            rt.ledger.release(partner_id, renewal_id, reminder_id, token)
-            _keep_claim(rt, partner_id, renewal_id, reminder_id)
-            raise
-        outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
-        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
-        _log.error("%s/%s failed after retries: %s", renewal_id, reminder_id, exc)
-        return "failed"
     except ValueError as exc:
         # The data cannot make a valid message (build_message refuses it): no retry can help.
         outcome = Outcome("failed", now, reason="invalid_message", message_id=message_id, reply=str(exc))
         rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
         _log.error("%s/%s cannot be built: %s", renewal_id, reminder_id, exc)
-        return "failed"
-    except TemplateError as exc:
-        # Retried like a deferred send: ops can fix a template and restart before retries run out.
-        rt.ledger.release(partner_id, renewal_id, reminder_id, token)
-        if not last_try:
-            _keep_claim(rt, partner_id, renewal_id, reminder_id)
-            raise
-        outcome = Outcome("failed", now, reason="template_error", message_id=message_id, reply=str(exc))
-        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome)
         return "failed"
     except PermanentSendError as exc:
         rt.ledger.suppress(list(exc.recipients))
@@ -151,11 +134,27 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
         rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
         _log.error("%s/%s refused: %s", renewal_id, reminder_id, exc)
         return "failed"
+    except Exception as exc:
+        # Deferred sends, lost connections, a template or SMTP login ops can fix before retries
+        # run out, or a bug: retried with backoff, and recorded as failed on the last try.
+        rt.ledger.release(partner_id, renewal_id, reminder_id, token)
+        if not last_try:
+            _keep_claim(rt, partner_id, renewal_id, reminder_id)
+            raise
+        outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
+        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome)
+        _log.error("%s/%s failed after retries: %s", renewal_id, reminder_id, exc)
+        return "failed"
     except BaseException:
         rt.ledger.release(partner_id, renewal_id, reminder_id, token)
         _keep_claim(rt, partner_id, renewal_id, reminder_id)
         raise
     rt.ledger.suppress(list(result.refused))
+    extra: dict[str, object] = {"locale": rendered.locale}
+    if result.refused:
+        extra["refused"] = dict(result.refused)
+    if suppressed:
+        extra["suppressed"] = suppressed
     # Recorded when the server accepted it (the Date header carries when it was written).
     outcome = Outcome(
         "sent",
@@ -164,7 +163,7 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
         to=tuple(p.email for p in to),
         cc=tuple(p.email for p in cc),
         reply=result.reply,
-        extra={"locale": rendered.locale, **({"refused": dict(result.refused)} if result.refused else {})},
+        extra=extra,
     )
     rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
     return "sent"

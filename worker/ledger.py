@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -103,12 +104,24 @@ class Ledger:
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
 
-    def claim(self, partner_id: str, renewal_id: str, reminder_id: str) -> tuple[ClaimResult, str]:
-        """Take the lease on a reminder unless it is final or another worker holds it; returns a token."""
+    def claim(
+        self, partner_id: str, renewal_id: str, reminder_id: str, *, check_suppressed: Sequence[str] = ()
+    ) -> tuple[ClaimResult, str, list[bool]]:
+        """Take the lease on a reminder unless it is final or another worker holds it.
+
+        Returns the result, the lease token and, in the same round trip, whether each address in
+        ``check_suppressed`` is on the suppression list.
+        """
         token = uuid.uuid4().hex
         keys = [self.keys.ledger(partner_id, renewal_id), self.keys.lease(partner_id, renewal_id, reminder_id)]
-        result = self._claim(keys=keys, args=[reminder_id, token, self.lease_ms])
-        return (result.decode() if isinstance(result, bytes) else result), token
+        with self.redis.pipeline(transaction=False) as pipe:
+            if check_suppressed:
+                pipe.smismember(self.keys.suppressed(), [e.casefold() for e in check_suppressed])
+            self._claim(keys=keys, args=[reminder_id, token, self.lease_ms], client=pipe)
+            replies = pipe.execute()
+        result = replies[-1].decode() if isinstance(replies[-1], bytes) else replies[-1]
+        flags = [bool(v) for v in replies[0]] if check_suppressed else []
+        return result, token, flags
 
     def release(self, partner_id: str, renewal_id: str, reminder_id: str, token: str) -> None:
         """Give the lease back without an outcome (a retryable failure): another attempt may take it."""
