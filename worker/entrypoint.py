@@ -11,4 +11,6 @@ __all__ = ["broker", "runtime"]
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 runtime = build_runtime()
 set_runtime(runtime)
+# Refuse to start on an invalid rule file or templates, rather than fail at the first reminder.
+runtime.rules()
 broker = runtime.broker
