@@ -73,7 +73,6 @@ class Actors:
     def __init__(self, broker: RedisBroker, settings: Settings) -> None:
         self.broker = broker
         self.ingest = dramatiq.actor(
-            ingest_event,
             broker=broker,
             actor_name="ingest_event",
             queue_name=EVENTS_QUEUE,
@@ -81,9 +80,8 @@ class Actors:
             min_backoff=500,
             max_backoff=300_000,
             throws=(PermanentError,),
-        )
+        )(ingest_event)
         self.deliver = dramatiq.actor(
-            deliver_reminder,
             broker=broker,
             actor_name="deliver_reminder",
             queue_name=DELIVERIES_QUEUE,
@@ -91,7 +89,7 @@ class Actors:
             min_backoff=settings.delivery_min_backoff_ms,
             max_backoff=settings.delivery_max_backoff_ms,
             throws=(PermanentError,),
-        )
+        )(deliver_reminder)
 
     def enqueue_deliveries(self, items: list[DueItem]) -> None:
         for item in items:

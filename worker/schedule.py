@@ -100,7 +100,7 @@ class Scheduler:
         *,
         lease_ms: int = 60_000,
         batch: int = 500,
-        on_tick: Callable[[], None] | None = None,
+        on_tick: Callable[[], object] | None = None,
     ) -> None:
         self.index = index
         self.enqueue = enqueue
