@@ -12,6 +12,7 @@ from typing import Any, Literal
 import redis
 
 from .keys import Keys
+from .scripts import LuaScript, run_pipeline
 
 __all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "due_member", "parse_due_member"]
 
@@ -100,9 +101,9 @@ class Ledger:
         self.redis = client
         self.keys = keys
         self.lease_ms = lease_ms
-        self._claim = client.register_script(_CLAIM)
-        self._finish = client.register_script(_FINISH)
-        self._release = client.register_script(_RELEASE)
+        self._claim = LuaScript(client, _CLAIM)
+        self._finish = LuaScript(client, _FINISH)
+        self._release = LuaScript(client, _RELEASE)
 
     def claim(
         self, partner_id: str, renewal_id: str, reminder_id: str, *, check_suppressed: Sequence[str] = ()
@@ -114,11 +115,14 @@ class Ledger:
         """
         token = uuid.uuid4().hex
         keys = [self.keys.ledger(partner_id, renewal_id), self.keys.lease(partner_id, renewal_id, reminder_id)]
-        with self.redis.pipeline(transaction=False) as pipe:
-            if check_suppressed:
-                pipe.smismember(self.keys.suppressed(), [e.casefold() for e in check_suppressed])
-            self._claim(keys=keys, args=[reminder_id, token, self.lease_ms], client=pipe)
-            replies = pipe.execute()
+        addresses = [e.casefold() for e in check_suppressed]
+
+        def build(pipe: redis.client.Pipeline) -> None:
+            if addresses:
+                pipe.smismember(self.keys.suppressed(), addresses)
+            self._claim.queue(pipe, keys=keys, args=[reminder_id, token, self.lease_ms])
+
+        replies = run_pipeline(self.redis, build, [self._claim])
         result = replies[-1].decode() if isinstance(replies[-1], bytes) else replies[-1]
         flags = [bool(v) for v in replies[0]] if check_suppressed else []
         return result, token, flags

@@ -27,6 +27,7 @@ from .ledger import Outcome, due_member
 from .planner import Plan, plan_renewal
 from .rules import RuleSet
 from .schedule import epoch_ms
+from .scripts import LuaScript, run_pipeline
 from .store import ClientState, RenewalState, Store, from_micros, parse_stored
 
 __all__ = ["Planning", "RenewalView"]
@@ -112,7 +113,7 @@ class Planning:
         self.redis = client
         self.store = store
         self.keys = keys
-        self._write_plan = client.register_script(_WRITE_PLAN)
+        self._write_plan = LuaScript(client, _WRITE_PLAN)
 
     def view(self, partner_id: str, renewal_id: str) -> RenewalView:
         return self.views([(partner_id, renewal_id)])[0]
@@ -194,10 +195,12 @@ class Planning:
         while pending:
             views = self.views(pending)
             batch = [(view, view.plan(rules, now)) for view in views]
-            with self.redis.pipeline(transaction=False) as pipe:
+
+            def build(pipe: redis.client.Pipeline, batch: list[tuple[RenewalView, Plan]] = batch) -> None:
                 for view, plan in batch:
                     self._queue_write(pipe, view, plan, now)
-                written = pipe.execute()
+
+            written = run_pipeline(self.redis, build, [self._write_plan])
             retry = []
             for (view, plan), ok in zip(batch, written, strict=True):
                 if ok:
@@ -218,7 +221,7 @@ class Planning:
             outcome = Outcome("skipped", now, reason=skip.reason, extra={"due_at": skip.due_at.isoformat()})
             args += [skip.reminder_id, outcome.to_json()]
         keys = [k.due(), k.planned(pid, rid), k.claimed(), k.ledger(pid, rid), *(key for key, _ in view.version)]
-        self._write_plan(keys=keys, args=args, client=pipe)
+        self._write_plan.queue(pipe, keys=keys, args=args)
 
     def renewals_touched(self, event: Event) -> list[str]:
         """The renewal ids whose plan an event may change."""

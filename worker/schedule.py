@@ -12,6 +12,7 @@ import redis
 
 from .keys import Keys
 from .ledger import parse_due_member
+from .scripts import LuaScript
 
 __all__ = ["DueIndex", "DueItem", "Scheduler", "epoch_ms", "from_epoch_ms"]
 
@@ -61,7 +62,7 @@ class DueIndex:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._claim = client.register_script(_CLAIM)
+        self._claim = LuaScript(client, _CLAIM)
 
     def claim(self, now: datetime, *, lease_ms: int, limit: int) -> list[DueItem]:
         raw = self._claim(keys=[self.keys.due(), self.keys.claimed()], args=[epoch_ms(now), lease_ms, limit])

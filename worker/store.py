@@ -27,6 +27,7 @@ from .events import (
     RenewalUpdated,
 )
 from .keys import Keys
+from .scripts import LuaScript
 
 __all__ = [
     "ApplyOutcome",
@@ -123,7 +124,7 @@ class Store:
         self.keys = keys
         self.event_id_ttl_s = event_id_ttl_s
         self.dead_letter_max = dead_letter_max
-        self._apply = client.register_script(_APPLY)
+        self._apply = LuaScript(client, _APPLY)
 
     # -- writing -------------------------------------------------------------------------------
 
