@@ -136,3 +136,21 @@ def test_the_procfile_worker_consumes_from_the_real_broker(runtime, redis_url):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()[-2000:]
+
+
+def test_an_event_that_keeps_failing_is_dead_lettered_after_its_last_retry(runtime, monkeypatch):
+    from worker import actors
+
+    monkeypatch.setattr(actors, "INGEST_MAX_RETRIES", 0)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("store exploded")
+
+    monkeypatch.setattr(actors, "handle_event_message", broken)
+    publish(partner_updated(), runtime=runtime)
+    publish(partner_updated(partner_id="p2"), runtime=runtime)
+    drain(runtime)
+    letters = runtime.store.dead_letters()
+    assert [d.reason for d in letters] == ["processing_failed", "processing_failed"]
+    assert letters[0].errors == [("", "RuntimeError: store exploded")]
+    assert '"partner_id":"p' in letters[0].raw

@@ -25,11 +25,26 @@ DELIVERIES_QUEUE = "deliveries"
 _log = logging.getLogger("worker.ingest")
 
 
+INGEST_MAX_RETRIES = 20
+
+
 def ingest_event(*args: Any, **kwargs: Any) -> None:
     """The actor body: takes any message shape, so even a malformed one is dead-lettered, not retried."""
     from .runtime import get_runtime
 
-    handle_event_message(get_runtime(), args, kwargs)
+    rt = get_runtime()
+    try:
+        handle_event_message(rt, args, kwargs)
+    except Exception as exc:
+        # Redis away, or a bug: retried with backoff; on the last try the event is kept with the
+        # error in the dead letters, where ops look, rather than only in dramatiq's own queue.
+        message = CurrentMessage.get_current_message()
+        retries = message.options.get("retries", 0) if message is not None else INGEST_MAX_RETRIES
+        if retries < INGEST_MAX_RETRIES:
+            raise
+        raw = args[0] if len(args) == 1 and isinstance(args[0], str) else json.dumps([args, kwargs], default=repr)
+        rt.store.add_dead_letter(raw, "processing_failed", [("", f"{type(exc).__name__}: {exc}")], now=rt.clock.now())
+        _log.exception("event dead-lettered after %d retries", retries)
 
 
 def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -76,7 +91,7 @@ class Actors:
             broker=broker,
             actor_name="ingest_event",
             queue_name=EVENTS_QUEUE,
-            max_retries=20,
+            max_retries=INGEST_MAX_RETRIES,
             min_backoff=500,
             max_backoff=300_000,
             throws=(PermanentError,),
