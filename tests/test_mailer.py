@@ -15,7 +15,8 @@ import pytest
 from smtp_fixtures import PASSWORD, SmtpServer
 
 from worker.errors import ConfigError, PermanentSendError, TransientSendError
-from worker.mailer import OutboxMailer, SendResult, SmtpPool, build_mailer
+from worker.mailer import SendResult, SmtpPool, build_mailer
+from worker.outbox import OutboxMailer
 from worker.settings import Settings
 
 T = TypeVar("T")

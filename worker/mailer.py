@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import os
 import re
 import ssl
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email import policy
-from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +24,7 @@ from aiosmtplib.email import parse_address
 from .errors import ConfigError, PermanentSendError, RenewalsError, TransientSendError
 from .settings import Settings
 
-__all__ = ["Mailer", "OutboxMailer", "SendResult", "SmtpPool", "build_mailer"]
+__all__ = ["Mailer", "SendResult", "SmtpPool", "build_mailer", "check_envelope"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +51,8 @@ def build_mailer(settings: Settings) -> Mailer:
     """The SMTP pool when SMTP_HOST is set, else the outbox folder (the embedded default)."""
     if settings.smtp_host:
         return SmtpPool(settings)
+    from .outbox import OutboxMailer
+
     return OutboxMailer(settings.outbox_dir)
 
 
@@ -106,7 +103,7 @@ class SmtpPool:
         self._closed = False
 
     async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
-        _check_envelope(sender, recipients)
+        check_envelope(sender, recipients)
         if self._closed:
             raise RuntimeError("SmtpPool is closed")
         slots = self._get_slots()
@@ -308,7 +305,7 @@ def _client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _check_envelope(sender: str, recipients: Sequence[str]) -> None:
+def check_envelope(sender: str, recipients: Sequence[str]) -> None:
     """Reject a bad envelope before any connection is touched.
 
     aiosmtplib parses leniently: "a@x, b@x" would go out as "a@x" alone, and a line break would
@@ -321,58 +318,3 @@ def _check_envelope(sender: str, recipients: Sequence[str]) -> None:
         if _CONTROL_CHARACTERS.search(address) or len(parsed) != 1 or not parsed[0][1]:
             raise ValueError(f"not one email address: {address!r}")
         parse_address(address)  # raises ValueError for what cannot go on an SMTP command line
-
-
-class OutboxMailer:
-    """Writes each message as ``<outbox_dir>/<Message-ID>.eml``: the embedded default, readable by people.
-
-    Naming the file after the Message-ID makes a retried send replace its earlier file instead of
-    adding a second copy. The envelope is not written: Bcc-only recipients are not visible in the file.
-    """
-
-    def __init__(self, outbox_dir: Path) -> None:
-        self._outbox_dir = outbox_dir
-
-    async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
-        _check_envelope(sender, recipients)
-        path = self._outbox_dir / _eml_name(message)
-        try:
-            await asyncio.to_thread(_write_atomically, path, message)
-        except OSError as exc:
-            raise TransientSendError(f"cannot write {path}: {exc}") from exc
-        return SendResult(reply=f"250 written to {path}")
-
-    async def close(self) -> None:
-        """Nothing to release: each send opens and closes its own file."""
-
-
-_UNSAFE_IN_FILENAME = re.compile(r"[^A-Za-z0-9._@+=-]")
-
-
-def _eml_name(message: bytes) -> str:
-    headers = BytesHeaderParser(policy=policy.default).parsebytes(message)
-    message_id = str(headers.get("Message-ID", "")).strip().strip("<>")
-    if not message_id:
-        # Without an id, the bytes are the only name a resend of the same message reproduces.
-        return f"{hashlib.sha256(message).hexdigest()}.eml"
-    safe = _UNSAFE_IN_FILENAME.sub("_", message_id).lstrip(".")[:150]
-    if safe != message_id:
-        # Two ids that differ only in unsafe characters must not share a file.
-        safe = f"{safe}-{hashlib.sha256(message_id.encode()).hexdigest()[:12]}"
-    return f"{safe}.eml"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Readers of the folder see the old file or the new one, never half a message."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
