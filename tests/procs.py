@@ -20,6 +20,7 @@ def scheduler_loop(redis_url: str, key_prefix: str, stop_key: str, record_key: s
     scheduler = Scheduler(rt.due_index, enqueue, rt.clock.now, lease_ms=60_000, batch=20)
     deadline = time.monotonic() + 120
     while not rt.redis.exists(stop_key) and time.monotonic() < deadline:
+        rt.planning.flush(rt.rules(), rt.clock.now())
         scheduler.run_once()
         time.sleep(poll_s)
     rt.close()

@@ -240,3 +240,49 @@ def test_any_event_sequence_sends_each_reminder_at_most_once_never_late_never_to
             assert not rt.store.client_state(pid, state.renewal.client_id).services_ended
             assert rt.ledger.outcome(pid, rid, rem) is None, "a final reminder is planned again"
     assert len(sent) == len(set(sent)), "a reminder was sent twice"
+
+
+def test_applied_events_mark_what_to_re_plan_and_flush_plans_it_in_batches(rt):
+    for i in range(1200):
+        rt.store.apply(parse_event(renewal_updated(renewal_id=f"r{i}")), now=NOW)
+    assert rt.redis.zcard(rt.keys.dirty()) == 1200
+    assert rt.planning.flush(rt.rules(), NOW) == 1200
+    assert rt.redis.zcard(rt.keys.dirty()) == 0
+    assert len(due_entries(rt)) == 3 * 1200
+
+
+def test_a_client_change_marks_every_renewal_of_the_client_through_one_mark(rt):
+    for rid in ("r1", "r2"):
+        rt.store.apply(parse_event(renewal_updated(renewal_id=rid)), now=NOW)
+    rt.planning.flush(rt.rules(), NOW)
+    rt.store.apply(parse_event(services_ended(at="2026-12-02T00:00:00Z")), now=NOW)
+    assert rt.redis.zcard(rt.keys.dirty()) == 1
+    assert rt.planning.flush(rt.rules(), NOW) == 2
+    assert due_entries(rt) == {}
+
+
+def test_stale_and_duplicate_events_mark_nothing(rt):
+    raw = renewal_updated(at="2026-12-02T00:00:00Z")
+    rt.store.apply(parse_event(raw), now=NOW)
+    rt.planning.flush(rt.rules(), NOW)
+    rt.store.apply(parse_event(raw), now=NOW)
+    rt.store.apply(parse_event(renewal_updated(at="2026-12-01T00:00:00Z")), now=NOW)
+    assert rt.redis.zcard(rt.keys.dirty()) == 0
+
+
+def test_a_mark_renewed_while_planning_ran_stays_for_the_next_flush(rt, monkeypatch):
+    rt.store.apply(parse_event(renewal_updated(at="2026-12-01T00:00:00Z")), now=NOW)
+    original = rt.planning._replan_batch
+
+    def replan_then_event_arrives(pairs, rules, now):
+        plans = original(pairs, rules, now)
+        later = NOW + timedelta(seconds=1)
+        rt.store.apply(parse_event(renewal_updated(at="2026-12-02T00:00:00Z", status="confirmed")), now=later)
+        return plans
+
+    monkeypatch.setattr(rt.planning, "_replan_batch", replan_then_event_arrives)
+    rt.planning.flush(rt.rules(), NOW, limit=1)
+    assert rt.redis.zcard(rt.keys.dirty()) == 1
+    monkeypatch.setattr(rt.planning, "_replan_batch", original)
+    rt.planning.flush(rt.rules(), NOW)
+    assert due_entries(rt) == {}

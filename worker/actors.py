@@ -48,7 +48,7 @@ def ingest_event(*args: Any, **kwargs: Any) -> None:
 
 
 def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """Validate and apply one event, then re-plan what it touched; a bad one is dead-lettered."""
+    """Validate and apply one event; a bad one is dead-lettered with its reason."""
     if len(args) != 1 or kwargs or not isinstance(args[0], (str, dict)):
         raw = json.dumps({"args": args, "kwargs": kwargs}, default=repr)
         rt.store.add_dead_letter(raw, "malformed_message", [("", "expected one JSON event")], now=rt.clock.now())
@@ -61,11 +61,9 @@ def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, A
         rt.store.add_dead_letter(raw, "invalid_event", exc.errors, now=rt.clock.now())
         _log.warning("dead-lettered an invalid event: %s", exc)
         return "dead_letter"
-    outcome = rt.store.apply(event)
+    # Applying also marks what must be re-planned; the scheduler loop re-plans it in batches.
+    outcome = rt.store.apply(event, now=rt.clock.now())
     _log.debug("event %s (%s): %s", event.event_id, event.type, outcome)
-    if outcome != "stale":
-        # A duplicate still re-plans: it may be the redelivery of an event whose re-plan failed.
-        rt.planning.replan_for_event(event, rt.rules(), rt.clock.now())
     return outcome
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys", "key_part"]
+__all__ = ["SEP", "Keys", "key_part"]
+
+# Joins ids inside set members; ids never hold control characters (the contract refuses them).
+SEP = "\x1f"
 
 
 def key_part(value: str) -> str:
@@ -56,6 +59,10 @@ class Keys:
     def planned(self, partner_id: str, renewal_id: str) -> str:
         """Set of due-index members currently planned for one renewal (so a re-plan can replace them)."""
         return f"{self.renewal(partner_id, renewal_id)}:planned"
+
+    def dirty(self) -> str:
+        """Sorted set of what must be re-planned (renewal, client or partner), by when it was marked."""
+        return f"{self.prefix}:dirty"
 
     def due(self) -> str:
         """Sorted set of planned reminders by due time (epoch milliseconds)."""

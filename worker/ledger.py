@@ -11,24 +11,23 @@ from typing import Any, Literal
 
 import redis
 
-from .keys import Keys
+from .keys import SEP, Keys
 from .scripts import LuaScript, run_pipeline
 
 __all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "due_member", "parse_due_member"]
 
 OutcomeKind = Literal["sent", "skipped", "suppressed", "failed"]
 ClaimResult = Literal["claimed", "final", "busy"]
-_SEP = "\x1f"  # ids never hold control characters (the contract refuses them), so this cannot be forged
 
 
 def due_member(partner_id: str, renewal_id: str, reminder_id: str) -> str:
     """The due-index member naming one reminder of one renewal."""
-    return _SEP.join((partner_id, renewal_id, reminder_id))
+    return SEP.join((partner_id, renewal_id, reminder_id))
 
 
 def parse_due_member(member: str | bytes) -> tuple[str, str, str]:
     text = member.decode() if isinstance(member, bytes) else member
-    partner_id, renewal_id, reminder_id = text.split(_SEP)
+    partner_id, renewal_id, reminder_id = text.split(SEP)
     return partner_id, renewal_id, reminder_id
 
 

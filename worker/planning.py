@@ -28,7 +28,7 @@ from .planner import Plan, plan_renewal
 from .rules import RuleSet
 from .schedule import epoch_ms
 from .scripts import LuaScript, run_pipeline
-from .store import ClientState, RenewalState, Store, from_micros, parse_stored
+from .store import ClientState, RenewalState, Store, from_micros, parse_dirty_member, parse_stored
 
 __all__ = ["Planning", "RenewalView"]
 
@@ -101,6 +101,19 @@ return 1
 
 _BATCH = 500
 
+# Drops dirty marks that were handled, unless the mark was renewed since it was read (a newer
+# event for the same thing came in while planning ran): that one stays for the next flush.
+_CLEAR_DIRTY = """
+local cleared = 0
+for i = 1, #ARGV, 2 do
+  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i])) == tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    cleared = cleared + 1
+  end
+end
+return cleared
+"""
+
 
 def _text(raw: bytes | None) -> str:
     return "" if raw is None else raw.decode()
@@ -114,6 +127,35 @@ class Planning:
         self.store = store
         self.keys = keys
         self._write_plan = LuaScript(client, _WRITE_PLAN)
+        self._clear_dirty = LuaScript(client, _CLEAR_DIRTY)
+
+    def flush(self, rules: RuleSet, now: datetime, *, limit: int = 100_000) -> int:
+        """Re-plan what applied events marked dirty, in batches; returns how many renewals were planned.
+
+        Any number of processes may flush at once: a renewal planned twice gets the same plan, and
+        a mark is only cleared if no newer event renewed it meanwhile.
+        """
+        planned = 0
+        while planned < limit:
+            rows = self.redis.zrange(self.keys.dirty(), 0, _BATCH - 1, withscores=True)
+            if not rows:
+                break
+            pairs: list[tuple[str, str]] = []
+            for member, _ in rows:
+                kind, partner_id, item_id = parse_dirty_member(member)
+                if kind == "renewal":
+                    pairs.append((partner_id, item_id))
+                else:
+                    client_id = item_id if kind == "client" else None
+                    pairs.extend((partner_id, rid) for rid in self.store.renewal_ids(partner_id, client_id))
+            for start in range(0, len(pairs), _BATCH):
+                self._replan_batch(pairs[start : start + _BATCH], rules, now)
+            planned += len(pairs)
+            args: list[bytes | str] = []
+            for member, score in rows:
+                args += [member, repr(score)]
+            self._clear_dirty(keys=[self.keys.dirty()], args=args)
+        return planned
 
     def view(self, partner_id: str, renewal_id: str) -> RenewalView:
         return self.views([(partner_id, renewal_id)])[0]

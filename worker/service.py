@@ -12,7 +12,7 @@ import dramatiq
 from .runtime import Runtime
 from .schedule import Scheduler
 
-__all__ = ["build_scheduler", "run_scheduler", "run_service", "sync_rules"]
+__all__ = ["build_scheduler", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
 
 _log = logging.getLogger("worker.service")
 
@@ -32,13 +32,21 @@ def sync_rules(rt: Runtime) -> bool:
     return True
 
 
+def plan_pending(rt: Runtime) -> None:
+    """Each tick: pick up a rule edit, then re-plan what events marked since the last tick."""
+    sync_rules(rt)
+    count = rt.planning.flush(rt.rules(), rt.clock.now())
+    if count:
+        _log.info("re-planned %d renewal(s)", count)
+
+
 def build_scheduler(rt: Runtime) -> Scheduler:
     return Scheduler(
         rt.due_index,
         rt.actors.enqueue_deliveries,
         rt.clock.now,
         lease_ms=60_000,
-        on_tick=lambda: sync_rules(rt),
+        on_tick=lambda: plan_pending(rt),
     )
 
 

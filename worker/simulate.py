@@ -54,6 +54,7 @@ class _Simulation:
 
     def drain(self) -> None:
         self.rt.broker.join(EVENTS_QUEUE, timeout=60_000)
+        self.rt.planning.flush(self.rt.rules(), self.clock.now())
         self.rt.broker.join(DELIVERIES_QUEUE, timeout=60_000)
 
     def advance_to(self, target: datetime) -> None:

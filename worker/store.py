@@ -26,7 +26,7 @@ from .events import (
     RenewalRemoved,
     RenewalUpdated,
 )
-from .keys import Keys
+from .keys import SEP, Keys
 from .scripts import LuaScript
 
 __all__ = [
@@ -35,19 +35,23 @@ __all__ = [
     "DeadLetter",
     "RenewalState",
     "Store",
+    "dirty_member",
     "from_micros",
     "micros",
+    "parse_dirty_member",
     "parse_stored",
 ]
 
 ApplyOutcome = Literal["applied", "duplicate", "stale", "already_ended"]
 M = TypeVar("M", bound=BaseModel)
 
-# Dedupe, the staleness check and the write happen in one script, so two workers applying
-# events for the same thing at once cannot interleave and leave an older state behind.
-# Ties on occurred_at are broken by event id, so every worker converges on the same state.
+# Dedupe, the staleness check, the write and marking what must be re-planned happen in one
+# script, so two workers applying events for the same thing at once cannot interleave and leave
+# an older state behind, and no applied change can miss its re-plan. Ties on occurred_at are
+# broken by event id, so every worker converges on the same state.
 _APPLY = """
--- KEYS: seen, record, index sets...   ARGV: event_id, ttl_s, ts, mode, data, index members...
+-- KEYS: seen, record, dirty, index sets...
+-- ARGV: event_id, ttl_s, ts, mode, data, dirty member, now_ms, index members...
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
 local mode = ARGV[4]
 if mode == 'final' then
@@ -71,10 +75,25 @@ if mode == 'remove' then
 else
   redis.call('HSET', KEYS[2], 'ts', ARGV[3], 'eid', ARGV[1], 'data', ARGV[5], 'removed', '0')
 end
-for i = 3, #KEYS do redis.call('SADD', KEYS[i], ARGV[i + 3]) end
+for i = 4, #KEYS do redis.call('SADD', KEYS[i], ARGV[i + 4]) end
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
 redis.call('SET', KEYS[1], 'applied', 'EX', ARGV[2])
 return 'applied'
 """
+
+
+DirtyKind = Literal["renewal", "client", "partner"]
+
+
+def dirty_member(kind: DirtyKind, partner_id: str, item_id: str = "") -> str:
+    """What to re-plan: one renewal, every renewal of a client, or every renewal of a partner."""
+    return SEP.join((kind, partner_id, item_id))
+
+
+def parse_dirty_member(member: bytes | str) -> tuple[DirtyKind, str, str]:
+    text = member.decode() if isinstance(member, bytes) else member
+    kind, partner_id, item_id = text.split(SEP)
+    return kind, partner_id, item_id  # type: ignore[return-value]
 
 
 def micros(moment: datetime) -> int:
@@ -128,16 +147,22 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def apply(self, event: Event) -> ApplyOutcome:
-        """Apply one valid event unless it is a repeat or older than what is stored."""
+    def apply(self, event: Event, *, now: datetime | None = None) -> ApplyOutcome:
+        """Apply one valid event unless it is a repeat or older than what is stored.
+
+        An applied event also marks what it touched (a renewal, a client's renewals, a partner's
+        renewals) in the dirty set, which planning drains in batches (Planning.flush).
+        """
         k = self.keys
         pid = event.partner_id
         record: str
+        dirty: str
         index: list[tuple[str, str]] = [(k.partners(), pid)]
         mode = "set"
         data = ""
         if isinstance(event, PartnerUpdated):
             record = k.partner(pid)
+            dirty = dirty_member("partner", pid)
         elif isinstance(event, ClientUpdated):
             record = k.client(pid, event.data.client_id)
             index.append((k.partner_clients(pid), event.data.client_id))
@@ -150,17 +175,22 @@ class Store:
             mode = "final"
         elif isinstance(event, RenewalUpdated):
             record = k.renewal(pid, event.data.renewal_id)
+            dirty = dirty_member("renewal", pid, event.data.renewal_id)
             index.append((k.partner_renewals(pid), event.data.renewal_id))
             index.append((k.client_renewals(pid, event.data.client_id), event.data.renewal_id))
         elif isinstance(event, RenewalRemoved):
             record = k.renewal(pid, event.data.renewal_id)
+            dirty = dirty_member("renewal", pid, event.data.renewal_id)
             mode = "remove"
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"unhandled event {type(event).__name__}")
+        if isinstance(event, (ClientUpdated, ClientOwnerChanged, ClientServicesEnded)):
+            dirty = dirty_member("client", pid, event.data.client_id)
         if mode == "set":
             data = event.data.model_dump_json()
-        keys = [k.seen(event.event_id), record, *(key for key, _ in index)]
-        args: list[Any] = [event.event_id, self.event_id_ttl_s, micros(event.occurred_at), mode, data]
+        now_ms = micros(now or datetime.now(UTC)) // 1000
+        keys = [k.seen(event.event_id), record, k.dirty(), *(key for key, _ in index)]
+        args: list[Any] = [event.event_id, self.event_id_ttl_s, micros(event.occurred_at), mode, data, dirty, now_ms]
         args.extend(member for _, member in index)
         try:
             outcome = self._apply(keys=keys, args=args)
