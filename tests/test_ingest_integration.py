@@ -154,3 +154,29 @@ def test_an_event_that_keeps_failing_is_dead_lettered_after_its_last_retry(runti
     assert [d.reason for d in letters] == ["processing_failed", "processing_failed"]
     assert letters[0].errors == [("", "RuntimeError: store exploded")]
     assert '"partner_id":"p' in letters[0].raw
+
+
+def test_the_worker_stops_when_its_whole_process_group_gets_sigterm(runtime, redis_url):
+    """timeout, systemd and container stops signal every process of the group at once."""
+    import signal
+
+    env = {**os.environ, "REDIS_URL": redis_url, "KEY_PREFIX": "it"}
+    command = [str(Path(sys.executable).with_name("dramatiq")), "worker.entrypoint", "--processes", "1"]
+    command += ["--threads", "2", "--queues", "events", "deliveries"]
+    proc = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        publish(partner_updated(partner_id="p-sig"), runtime=runtime)
+        deadline = time.monotonic() + 30
+        while runtime.store.partner("p-sig") is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert runtime.store.partner("p-sig") is not None, "the worker never started"
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail("the worker hung after SIGTERM to its process group")
+        proc.stderr.close()

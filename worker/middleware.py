@@ -5,12 +5,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dramatiq.asyncio import get_event_loop_thread
-from dramatiq.middleware import Middleware
+from dramatiq.asyncio import EventLoopThread, get_event_loop_thread, set_event_loop_thread
+from dramatiq.middleware import AsyncIO, Middleware
 
-__all__ = ["CloseMailer"]
+__all__ = ["CloseMailer", "DaemonAsyncIO"]
 
 _log = logging.getLogger("worker.middleware")
+
+
+class DaemonAsyncIO(AsyncIO):
+    """dramatiq's AsyncIO middleware, with its event loop in a daemon thread.
+
+    When a whole process group gets SIGTERM (timeout, systemd, container stops), a dramatiq
+    worker process receives it twice and exits mid-shutdown; a non-daemon loop thread then keeps
+    the interpreter waiting forever. The graceful path still stops and joins the loop.
+    """
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        thread = EventLoopThread(self.logger)
+        thread.daemon = True
+        thread.start(timeout=1.0)
+        set_event_loop_thread(thread)
 
 
 class CloseMailer(Middleware):

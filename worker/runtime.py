@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AsyncIO, CurrentMessage
+from dramatiq.middleware import CurrentMessage
 
 from .clock import Clock, SystemClock
 from .keys import Keys
 from .ledger import Ledger
-from .middleware import CloseMailer
+from .middleware import CloseMailer, DaemonAsyncIO
 from .planning import Planning
 from .schedule import DueIndex
 from .settings import Settings, load_settings
@@ -107,7 +107,7 @@ def build_runtime(
     settings = settings or load_settings()
     client = redis_client or _redis_client(settings)
     broker = RedisBroker(client=client, namespace=f"{settings.key_prefix}-queue")
-    broker.add_middleware(AsyncIO())
+    broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(CloseMailer())
     dramatiq.set_broker(broker)
