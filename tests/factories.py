@@ -17,7 +17,7 @@ def event(
     data: dict[str, Any],
     *,
     partner_id: str = "p1",
-    at: str = "2026-12-01T09:00:00+00:00",
+    at: str = "2026-11-01T09:00:00+00:00",
     event_id: str | None = None,
 ) -> dict[str, Any]:
     return {

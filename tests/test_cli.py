@@ -166,8 +166,8 @@ def test_show_client_explains_partner_ownership_and_ended_services(stored, redis
 def test_plan_prints_each_reminder_with_utc_and_local_time_and_state(stored, redis_url):
     proc = run_cli("plan", "p1", "r1", env={"REDIS_URL": redis_url, "KEY_PREFIX": "cli"})
     assert proc.returncode == 0, proc.stderr
-    assert "first-notice: due 2026-12-30T14:00:00+00:00 UTC / 2026-12-30T09:00:00-05:00 local: sent" in proc.stdout
-    assert "second-notice: due 2027-01-22T14:00:00+00:00 UTC / 2027-01-22T09:00:00-05:00 local: planned" in proc.stdout
+    assert "first-notice: due 2026-12-30 14:00 UTC / 2026-12-30 09:00 EST (America/New_York): sent" in proc.stdout
+    assert "second-notice: due 2027-01-22 14:00 UTC / 2027-01-22 09:00 EST (America/New_York): planned" in proc.stdout
     assert "To now: Jane <jane@acme.com>" in proc.stdout
 
 
@@ -177,3 +177,40 @@ def test_dead_letters_lists_reason_field_and_raw_body(stored, redis_url):
     assert "invalid_event" in proc.stdout
     assert "type: field required" in proc.stdout
     assert '{"broken": true}' in proc.stdout
+
+
+@pytest.mark.integration
+def test_an_unknown_renewal_or_client_is_said_plainly_with_exit_1(stored, redis_url):
+    env = {"REDIS_URL": redis_url, "KEY_PREFIX": "cli"}
+    plan = run_cli("plan", "p1", "r-nope", env=env)
+    assert plan.returncode == 1 and "no events received for renewal r-nope of partner p1" in plan.stderr
+    show = run_cli("show", "client", "p1", "c-nope", env=env)
+    assert show.returncode == 1 and "no events received for client c-nope" in show.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "message"),
+    [
+        ({"REDIS_URL": "localhost:6379"}, 2, "invalid setting REDIS_URL: must start with redis://"),
+        ({"REDIS_URL": "redis://127.0.0.1:1/0"}, 1, "error: cannot reach Redis (REDIS_URL)"),
+    ],
+)
+def test_redis_problems_are_one_clear_line_not_a_traceback(env, code, message):
+    proc = run_cli("dead-letters", env=env)
+    assert proc.returncode == code
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_events_file_is_one_clear_line(tmp_path):
+    proc = run_cli("simulate", "--events", str(tmp_path / "nope.jsonl"), "--until", "2027-01-01", "--outbox", "x")
+    assert proc.returncode == 1
+    assert "No such file or directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_inspecting_without_redis_url_warns_that_the_store_is_empty():
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "dead-letters"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert "REDIS_URL is not set" in proc.stderr

@@ -146,6 +146,17 @@ def test_a_due_reminder_arrives_with_recipients_subject_parts_locale_reply_to_an
     assert recorded.reply.startswith("250")
 
 
+def test_without_a_renewal_manager_replies_go_to_the_partner_user_the_mail_names(pipeline):
+    rt, clock, server = pipeline
+    seed(rt)
+    ingest(rt, renewal_updated(start_date="2027-03-15", renewal_manager=None, at="2026-12-01T12:00:00Z"))
+    fire_due(rt, clock, FIRST_DUE)
+    wait_for(lambda: outcome(rt) is not None)
+    msg = message_from_bytes(server.messages[0].content, policy=policy.default)
+    assert msg["Reply-To"].addresses[0].addr_spec == "anna@agency.example"
+    assert "anna@agency.example" in msg.get_body(("plain",)).get_content()
+
+
 def test_a_4xx_reply_is_retried_and_the_reminder_is_delivered_once(pipeline):
     rt, clock, server = pipeline
     seed(rt)

@@ -62,12 +62,12 @@ def test_publish_refuses_an_invalid_event_naming_the_field(runtime):
 
 
 def test_duplicates_and_stale_events_do_not_change_the_state(runtime):
-    newest = client_updated(at="2026-12-03T00:00:00Z", domain="newest.com", event_id="e-new")
+    newest = client_updated(at="2026-11-03T00:00:00Z", domain="newest.com", event_id="e-new")
     publish_many(
         [
             newest,
             newest,
-            client_updated(at="2026-12-01T00:00:00Z", domain="older.com"),
+            client_updated(at="2026-11-01T00:00:00Z", domain="older.com"),
         ],
         runtime=runtime,
     )
@@ -123,7 +123,7 @@ def test_the_procfile_worker_consumes_from_the_real_broker(runtime, redis_url):
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         publish(services_ended(client_id="c9"), runtime=runtime)
-        publish(client_updated(client_id="c9", at="2026-12-09T00:00:00Z"), runtime=runtime)
+        publish(client_updated(client_id="c9", at="2026-11-09T00:00:00Z"), runtime=runtime)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             state = runtime.store.client_state("p1", "c9")
@@ -180,3 +180,16 @@ def test_the_worker_stops_when_its_whole_process_group_gets_sigterm(runtime, red
             proc.wait()
             pytest.fail("the worker hung after SIGTERM to its process group")
         proc.stderr.close()
+
+
+def test_an_event_dated_days_ahead_is_dead_lettered_so_it_cannot_make_real_events_stale(runtime):
+    from datetime import UTC, datetime, timedelta
+
+    ahead = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    publish(client_updated(at=ahead, domain="future.com"), runtime=runtime)
+    publish(client_updated(domain="now.com"), runtime=runtime)
+    drain(runtime)
+    state = runtime.store.client_state("p1", "c1")
+    assert state.client is not None and state.client.domain == "now.com"
+    (letter,) = runtime.store.dead_letters()
+    assert letter.errors[0][0] == "occurred_at" and "in the future" in letter.errors[0][1]

@@ -125,4 +125,7 @@ def test_the_bundled_examples_send_the_documented_story(tmp_path):
         if entry.renewal_id in ("r-1002", "r-2001"):
             assert entry.outcome.cc == () and len(entry.outcome.to) == 1
     assert len(report.rejected) == 1
+    assert report.events == {"applied": 19, "duplicate": 1, "stale": 1, "dead_lettered": 0}
     assert len(list(tmp_path.glob("*.eml"))) == len(sent)
+    # The German client owned by the platform gets German mail.
+    assert any(e.renewal_id == "r-1005" and e.outcome.extra.get("locale") == "de" for e in report.timeline)

@@ -145,3 +145,13 @@ def test_dead_letters_are_trimmed_to_the_configured_maximum(fake_redis):
     for i in range(5):
         store.add_dead_letter(str(i), "invalid_event", [], now=datetime(2026, 12, 1, tzinfo=UTC))
     assert [d.raw for d in store.dead_letters()] == ["4", "3", "2"]
+
+
+def test_every_apply_outcome_is_counted(store):
+    raw = client_updated(at="2026-12-02T00:00:00Z")
+    apply(store, raw)
+    apply(store, raw)
+    apply(store, client_updated(at="2026-12-01T00:00:00Z"))
+    apply(store, services_ended())
+    apply(store, services_ended())
+    assert store.event_stats() == {"applied": 2, "duplicate": 1, "stale": 1, "already_ended": 1, "dead_lettered": 0}

@@ -61,8 +61,15 @@ def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, A
         rt.store.add_dead_letter(raw, "invalid_event", exc.errors, now=rt.clock.now())
         _log.warning("dead-lettered an invalid event: %s", exc)
         return "dead_letter"
+    now = rt.clock.now()
+    if (event.occurred_at - now).total_seconds() > rt.settings.event_max_future_s:
+        # A producer with a wrong clock: applied, this event would make every real one look stale.
+        reason = f"is {event.occurred_at - now} in the future (EVENT_MAX_FUTURE_S={rt.settings.event_max_future_s})"
+        rt.store.add_dead_letter(raw, "invalid_event", [("occurred_at", reason)], now=now)
+        _log.warning("dead-lettered event %s: occurred_at %s", event.event_id, reason)
+        return "dead_letter"
     # Applying also marks what must be re-planned; the scheduler loop re-plans it in batches.
-    outcome = rt.store.apply(event, now=rt.clock.now())
+    outcome = rt.store.apply(event, now=now)
     _log.debug("event %s (%s): %s", event.event_id, event.type, outcome)
     return outcome
 

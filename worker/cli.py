@@ -8,6 +8,9 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis
 
 from .errors import ConfigError, InvalidEvent, RenewalsError
 from .settings import PROJECT_ROOT
@@ -15,6 +18,9 @@ from .settings import PROJECT_ROOT
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
@@ -44,9 +50,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _cmd_dead_letters(args: argparse.Namespace) -> int:
-    from .runtime import get_runtime
-
-    letters = get_runtime().store.dead_letters(args.limit)
+    letters = _inspection_runtime().store.dead_letters(args.limit)
     if args.json:
         for letter in letters:
             print(json.dumps(letter.__dict__))
@@ -61,11 +65,24 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_show_client(args: argparse.Namespace) -> int:
-    from .inspect import describe_client
+def _inspection_runtime() -> Runtime:
+    """The runtime, warning when it is the empty in-process store rather than a deployment's Redis."""
     from .runtime import get_runtime
 
     rt = get_runtime()
+    if rt.settings.embedded:
+        print("note: REDIS_URL is not set, so this looks at an empty in-process store", file=sys.stderr)
+    return rt
+
+
+def _cmd_show_client(args: argparse.Namespace) -> int:
+    from .inspect import describe_client
+
+    rt = _inspection_runtime()
+    state = rt.store.client_state(args.partner_id, args.client_id)
+    if state.client is None and state.override is None and not state.services_ended:
+        print(f"no events received for client {args.client_id} of partner {args.partner_id}", file=sys.stderr)
+        return 1
     print(describe_client(rt.store, args.partner_id, args.client_id, rt.settings.hubspot_contact_roles))
     return 0
 
@@ -82,10 +99,17 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_info() -> None:
+    """Long-running commands say what they do: start-up, re-plans, each reminder's outcome."""
+    import logging
+
+    logging.getLogger().setLevel(logging.INFO)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.examples), Path(args.outbox), until=_timestamp(args.until))
+    return run_demo(Path(args.examples), Path(args.outbox), until=args.until)
 
 
 def _timestamp(text: str) -> datetime:
@@ -117,27 +141,31 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .inspect import describe_plan
-    from .runtime import get_runtime
 
-    print(describe_plan(get_runtime(), args.partner_id, args.renewal_id))
+    rt = _inspection_runtime()
+    state = rt.store.renewal_state(args.partner_id, args.renewal_id)
+    if state.updated_at is None:
+        print(f"no events received for renewal {args.renewal_id} of partner {args.partner_id}", file=sys.stderr)
+        return 1
+    print(describe_plan(rt, args.partner_id, args.renewal_id))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runtime import get_runtime
     from .service import run_service
 
-    rt = get_runtime()
+    _log_info()
+    rt = _inspection_runtime()
     rt.rules()
     run_service(rt, threads=args.threads)
     return 0
 
 
 def _cmd_scheduler(args: argparse.Namespace) -> int:
-    from .runtime import get_runtime
     from .service import run_scheduler
 
-    rt = get_runtime()
+    _log_info()
+    rt = _inspection_runtime()
     rt.rules()
     run_scheduler(rt)
     return 0
@@ -164,7 +192,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the bundled examples on the embedded default and print who gets what")
     p.add_argument("--examples", default=str(PROJECT_ROOT / "examples"), help="folder of example events")
     p.add_argument("--outbox", default="outbox", help="where emails are written as .eml files")
-    p.add_argument("--until", default="2027-06-01T00:00:00+00:00", help="run the virtual clock up to here")
+    p.add_argument(
+        "--until", default="2027-06-01T00:00:00+00:00", type=_timestamp, help="run the virtual clock up to here"
+    )
     p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser("run", help="run a worker and a scheduler in this process (until Ctrl-C)")
@@ -225,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except RenewalsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except redis.ConnectionError as exc:
+        print(f"error: cannot reach Redis (REDIS_URL): {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

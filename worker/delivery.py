@@ -11,6 +11,7 @@ import idna
 
 from .decision import Send, Skip, Wait, decide
 from .errors import PermanentSendError, TransientError
+from .events import Person
 from .ledger import Outcome, due_member
 from .message import build_message, envelope_recipients, message_id_for
 
@@ -24,6 +25,15 @@ _log = logging.getLogger("worker.delivery")
 
 class LeaseBusy(TransientError):
     """Another worker holds this reminder's lease: try again after it finishes or its lease runs out."""
+
+
+def _reply_to(send: Send) -> Person | None:
+    """Replies go to whom the mail names as the contact: the renewal manager, else the partner user."""
+    if send.renewal.renewal_manager is not None:
+        return send.renewal.renewal_manager
+    if send.audience == "client" and send.partner is not None:
+        return send.partner_user
+    return None
 
 
 def _keep_claim(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str) -> None:
@@ -114,7 +124,7 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
             mail_from=rt.settings.mail_from,
             to=to,
             cc=cc,
-            reply_to=send.renewal.renewal_manager,
+            reply_to=_reply_to(send),
             message_id=message_id,
             reminder_tag=f"{renewal_id}/{reminder_id}",
             sent_at=now,

@@ -98,7 +98,9 @@ def describe_plan(rt: Runtime, partner_id: str, renewal_id: str) -> str:
             state_text = f"will be skipped ({skipped[rule.id].reason})"
         else:
             state_text = f"not planned ({plan.inactive_reason or 'status ' + renewal.status})"
-        lines.append(f"  {rule.id}: due {due.isoformat()} UTC / {due.astimezone(tz).isoformat()} local: {state_text}")
+        local = due.astimezone(tz)
+        when = f"{due:%Y-%m-%d %H:%M} UTC / {local:%Y-%m-%d %H:%M} {local.tzname()} ({plan.timezone})"
+        lines.append(f"  {rule.id}: due {when}: {state_text}")
     client = view.client
     routing = route(
         client.client if client else None,

@@ -78,5 +78,13 @@ class Keys:
     def dead_letters(self) -> str:
         return f"{self.prefix}:dead-letters"
 
+    def dead_letter_count(self) -> str:
+        """Every dead letter ever written (the list itself is trimmed)."""
+        return f"{self.prefix}:dead-letters:count"
+
+    def event_stats(self) -> str:
+        """Hash: count of events per apply outcome (applied, duplicate, stale, already_ended)."""
+        return f"{self.prefix}:stats:events"
+
     def rules_fingerprint(self) -> str:
         return f"{self.prefix}:rules:fingerprint"

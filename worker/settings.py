@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     templates_dir: Path = Field(default=PROJECT_ROOT / "templates" / "email")
 
     event_id_ttl_days: int = Field(default=30, ge=1, description="How long repeated event ids are recognised.")
+    event_max_future_s: int = Field(
+        default=86_400, ge=0, description="Events dated further ahead than this are dead-lettered (a wrong clock)."
+    )
     hubspot_contact_roles: Annotated[tuple[ContactRole, ...], NoDecode] = Field(
         default=("primary", "billing", "decision_maker"),
         description="Client contacts that receive platform-owned (hubspot) mail, comma separated.",
@@ -75,6 +78,13 @@ class Settings(BaseSettings):
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     rules_reload_s: float = Field(default=5.0, gt=0, description="How often a running process looks for rule edits.")
     dead_letter_max: int = Field(default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed).")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     @field_validator("hubspot_contact_roles", mode="before")
     @classmethod
@@ -117,7 +127,7 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             name = str(err["loc"][0]).upper() if err["loc"] else "settings"
-            lines.append(f"invalid setting {name}: {err['msg']}")
+            lines.append(f"invalid setting {name}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("\n".join(lines)) from None
     except SettingsError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None

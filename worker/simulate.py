@@ -34,7 +34,7 @@ class TimelineEntry:
 
 @dataclass
 class SimulationReport:
-    applied: int = 0
+    events: dict[str, int] = field(default_factory=dict)  # applied, duplicate, stale, dead_lettered...
     rejected: list[str] = field(default_factory=list)
     timeline: list[TimelineEntry] = field(default_factory=list)
     inactive: list[str] = field(default_factory=list)
@@ -113,8 +113,8 @@ def simulate(
             sim.advance_to(event.occurred_at)
             rt.actors.ingest.send(line)
             sim.drain()
-            report.applied += 1
         sim.advance_to(until)
+    report.events = rt.store.event_stats()
     report.timeline = _timeline(rt)
     report.inactive = _inactive(rt)
     set_runtime(None)
@@ -150,7 +150,7 @@ def _inactive(rt: Runtime) -> list[str]:
 def report_json(report: SimulationReport) -> str:
     return json.dumps(
         {
-            "applied": report.applied,
+            "events": report.events,
             "rejected": report.rejected,
             "timeline": [
                 {"partner_id": e.partner_id, "renewal_id": e.renewal_id, "reminder_id": e.reminder_id}
@@ -167,7 +167,8 @@ def print_report(report: SimulationReport, outbox: Path) -> None:
     """The timeline of who got what and when, then the totals."""
     for line in report.rejected:
         print(f"rejected: {line}")
-    print(f"applied {report.applied} event(s); emails in {outbox}/\n")
+    events = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(report.events.items()) if count)
+    print(f"events: {events or 'none'}; {len(report.rejected)} rejected before the queue; emails in {outbox}/\n")
     for entry in report.timeline:
         o = entry.outcome
         head = f"{o.at:%Y-%m-%d %H:%M} UTC  {entry.partner_id}/{entry.renewal_id} {entry.reminder_id}: {o.kind}"

@@ -50,24 +50,26 @@ M = TypeVar("M", bound=BaseModel)
 # an older state behind, and no applied change can miss its re-plan. Ties on occurred_at are
 # broken by event id, so every worker converges on the same state.
 _APPLY = """
--- KEYS: seen, record, dirty, index sets...
+-- KEYS: seen, record, dirty, stats, index sets...
 -- ARGV: event_id, ttl_s, ts, mode, data, dirty member, now_ms, index members...
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
+local function done(outcome)
+  redis.call('SET', KEYS[1], outcome, 'EX', ARGV[2])
+  redis.call('HINCRBY', KEYS[4], outcome, 1)
+  return outcome
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 'duplicate', 1)
+  return 'duplicate'
+end
 local mode = ARGV[4]
 if mode == 'final' then
-  if redis.call('HEXISTS', KEYS[2], 'ts') == 1 then
-    redis.call('SET', KEYS[1], 'already_ended', 'EX', ARGV[2])
-    return 'already_ended'
-  end
+  if redis.call('HEXISTS', KEYS[2], 'ts') == 1 then return done('already_ended') end
 else
   local cur = redis.call('HMGET', KEYS[2], 'ts', 'eid')
   if cur[1] then
     local cts = tonumber(cur[1])
     local nts = tonumber(ARGV[3])
-    if nts < cts or (nts == cts and ARGV[1] <= cur[2]) then
-      redis.call('SET', KEYS[1], 'stale', 'EX', ARGV[2])
-      return 'stale'
-    end
+    if nts < cts or (nts == cts and ARGV[1] <= cur[2]) then return done('stale') end
   end
 end
 if mode == 'remove' then
@@ -75,10 +77,9 @@ if mode == 'remove' then
 else
   redis.call('HSET', KEYS[2], 'ts', ARGV[3], 'eid', ARGV[1], 'data', ARGV[5], 'removed', '0')
 end
-for i = 4, #KEYS do redis.call('SADD', KEYS[i], ARGV[i + 4]) end
+for i = 5, #KEYS do redis.call('SADD', KEYS[i], ARGV[i + 3]) end
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
-redis.call('SET', KEYS[1], 'applied', 'EX', ARGV[2])
-return 'applied'
+return done('applied')
 """
 
 
@@ -189,7 +190,7 @@ class Store:
         if mode == "set":
             data = event.data.model_dump_json()
         now_ms = micros(now or datetime.now(UTC)) // 1000
-        keys = [k.seen(event.event_id), record, k.dirty(), *(key for key, _ in index)]
+        keys = [k.seen(event.event_id), record, k.dirty(), k.event_stats(), *(key for key, _ in index)]
         args: list[Any] = [event.event_id, self.event_id_ttl_s, micros(event.occurred_at), mode, data, dirty, now_ms]
         args.extend(member for _, member in index)
         try:
@@ -202,10 +203,17 @@ class Store:
         entry = {"received_at": now.isoformat(), "reason": reason, "errors": list(errors), "raw": raw}
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.lpush(self.keys.dead_letters(), json.dumps(entry))
+            pipe.incr(self.keys.dead_letter_count())
             pipe.ltrim(self.keys.dead_letters(), 0, self.dead_letter_max - 1)
             pipe.execute()
 
     # -- reading -------------------------------------------------------------------------------
+
+    def event_stats(self) -> dict[str, int]:
+        """How many events were applied, duplicate, stale or already_ended, and dead-lettered (total)."""
+        stats = {key.decode(): int(value) for key, value in self.redis.hgetall(self.keys.event_stats()).items()}
+        stats["dead_lettered"] = int(self.redis.get(self.keys.dead_letter_count()) or 0)
+        return stats
 
     def dead_letters(self, limit: int = 50) -> list[DeadLetter]:
         """The newest dead letters first."""
