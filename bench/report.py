@@ -233,7 +233,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         update = scale.get("partner_update", {})
         rows.append(
             (
-                f"  partner.updated re-plans {update.get('renewals_replanned', 0):,} renewals in the worker",
+                f"  partner.updated: its {update.get('renewals_replanned', 0):,} renewals re-planned (scheduler)",
                 _fmt(update.get("elapsed_s"), " s"),
                 "",
             )

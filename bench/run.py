@@ -7,6 +7,7 @@ a loopback port, prints a table with the targets, and writes every figure to ``b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -31,7 +33,7 @@ from .e2e import run_burst, run_steady
 from .ingest import run_ingest
 from .procs import ROOT, stop_all
 from .profiling import PySpy, find_py_spy
-from .report import evaluate_targets, render_table
+from .report import Target, evaluate_targets, render_table
 from .scale import changed_rules, run_replan_all, run_scale, seed_for_replan
 from .sink import SmtpSink, find_postfix_tool
 
@@ -134,76 +136,128 @@ def _log(message: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run(ctx: BenchContext, options: Options, *, profiler: PySpy | None = None) -> dict[str, Any]:
+def run(
+    ctx: BenchContext,
+    options: Options,
+    *,
+    profiler: PySpy | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Every phase asked for, in order, against ``ctx.smtp``; each phase cleans up after itself.
 
+    A phase that fails is recorded as ``{"error": ...}`` and the next one runs; ``on_progress``
+    gets the results after each phase (``main`` writes them, so a late failure loses nothing).
     The SMTP phases are left out without an SMTP server; smtp-source is left out when Postfix's
     tools are not installed (``main`` installs them; the smoke test does not).
     """
     results: dict[str, Any] = {"baselines": {}, "e2e": {}, "profiles": {}}
-    n = options.n
-    phases = options.phases
-    sink = ctx.smtp
-    if "baselines" in phases and sink is not None:
-        base = results["baselines"]
-        sample = sample_message(ctx)
-        _log(f"baselines: sample reminder {len(sample.content):,} bytes to {len(sample.recipients)} recipients")
-        if find_postfix_tool("smtp-source") and find_postfix_tool("smtp-sink"):
-            base["smtp_source"] = smtp_source(ctx, sample, messages=n)
-            with SmtpSink(ctx.workdir, capture=False) as bare:
-                bare_ctx = BenchContext(ctx.redis_url, ctx.workdir, smtp=bare, key_prefix=ctx.key_prefix)
-                base["smtp_source_no_capture"] = smtp_source(bare_ctx, sample, messages=n)
-            _log(
-                f"smtp-source: {base['smtp_source']['rate_per_s']}/s, without capture "
-                f"{base['smtp_source_no_capture']['rate_per_s']}/s"
+    smtp = ctx.smtp is not None
+
+    def phase(section: dict[str, Any], key: str, measure: Callable[[], Any]) -> Any:
+        try:
+            section[key] = measure()
+        except Exception as exc:  # recorded; the other phases still run
+            section[key] = {"error": f"{type(exc).__name__}: {exc}"}
+            _log(f"  {key} failed: {section[key]['error']}")
+        if on_progress is not None:
+            on_progress(results)
+        return section[key]
+
+    if "baselines" in options.phases and smtp:
+        _baselines(ctx, options, results["baselines"], phase)
+    if "e2e" in options.phases and smtp:
+        for processes in options.processes:
+            _log(f"end to end: {options.n:,} reminders, {processes} process(es) x {options.threads} threads ...")
+            burst = phase(
+                results["e2e"],
+                f"burst_p{processes}",
+                functools.partial(
+                    run_burst,
+                    ctx,
+                    renewals=options.n,
+                    processes=processes,
+                    threads=options.threads,
+                    timeout_s=options.e2e_timeout_s,
+                ),
             )
-        raw_n = min(n, 10_000)
-        for processes in options.processes:
-            base[f"raw_aiosmtplib_p{processes}"] = raw_aiosmtplib(ctx, sample, messages=raw_n, processes=processes)
-            _log(f"raw aiosmtplib x{processes}: {base[f'raw_aiosmtplib_p{processes}']['rate_per_s']}/s")
-        base["naive"] = naive_delivery(ctx, sample, messages=min(n, options.naive_messages))
-        _log(f"naive delivery: {base['naive']['rate_per_s']}/s")
-        for processes in options.processes:
-            base[f"noop_p{processes}"] = noop_drain(ctx, messages=n, processes=processes, threads=options.threads)
-            _log(f"no-op drain x{processes}: {base[f'noop_p{processes}']['rate_per_s']}/s")
-    if "e2e" in phases and sink is not None:
-        for processes in options.processes:
-            _log(f"end to end: {n:,} reminders, {processes} process(es) x {options.threads} threads ...")
-            burst = run_burst(
-                ctx, renewals=n, processes=processes, threads=options.threads, timeout_s=options.e2e_timeout_s
-            )
-            results["e2e"][f"burst_p{processes}"] = burst
             lat = burst.get("latency_s", {})
-            _log(f"  {burst.get('rate_per_s')}/s, p50 {lat.get('p50')} s, p99 {lat.get('p99')} s, {burst['outcomes']}")
-    if "steady" in phases and sink is not None:
+            rate = burst.get("rate_per_s")
+            _log(f"  {rate}/s, p50 {lat.get('p50')} s, p99 {lat.get('p99')} s, {burst.get('outcomes')}")
+    if "steady" in options.phases and smtp:
         processes = max(options.processes)
         rate = options.steady_rate
         if rate is None:
             measured = results["e2e"].get(f"burst_p{processes}", {}).get("rate_per_s") or 100.0
             rate = max(20.0, min(1000.0, round(measured / 2)))
         _log(f"steady: {rate}/s for {options.steady_s} s, {processes} process(es) ...")
-        steady = run_steady(
-            ctx, rate_per_s=rate, duration_s=options.steady_s, processes=processes, threads=options.threads
+        steady = phase(
+            results["e2e"],
+            "steady",
+            lambda: run_steady(
+                ctx, rate_per_s=rate, duration_s=options.steady_s, processes=processes, threads=options.threads
+            ),
         )
-        results["e2e"]["steady"] = steady
         _log(f"  p50 {steady.get('latency_s', {}).get('p50')} s, p99 {steady.get('latency_s', {}).get('p99')} s")
-    if "ingest" in phases:
+    if "ingest" in options.phases:
         processes = max(options.processes)
         _log(f"ingest: {options.events:,} events, {processes} process(es) x {options.threads} threads ...")
-        results["ingest"] = run_ingest(
-            ctx, events=options.events, processes=processes, threads=options.threads, timeout_s=options.ingest_timeout_s
+        ingest = phase(
+            results,
+            "ingest",
+            lambda: run_ingest(
+                ctx,
+                events=options.events,
+                processes=processes,
+                threads=options.threads,
+                timeout_s=options.ingest_timeout_s,
+            ),
         )
-        _log(f"  {results['ingest']['rate_per_s']} events/s (publish {results['ingest']['publish_per_s']}/s)")
-    if "scale" in phases:
+        _log(f"  {ingest.get('rate_per_s')} events/s (publish {ingest.get('publish_per_s')}/s)")
+    if "scale" in options.phases:
         _log(f"planning at scale: {options.scale_renewals:,} renewals ...")
-        results["scale"] = run_scale(
-            ctx, renewals=options.scale_renewals, threads=options.threads, replan_timeout_s=options.replan_timeout_s
+        scale = phase(
+            results,
+            "scale",
+            lambda: run_scale(
+                ctx,
+                renewals=options.scale_renewals,
+                threads=options.threads,
+                replan_timeout_s=options.replan_timeout_s,
+            ),
         )
-        scale = results["scale"]
-        _log(f"  {scale['redis_memory']}, replan_all {scale['replan_all'].get('elapsed_s')} s")
+        _log(f"  {scale.get('redis_memory')}, replan_all {scale.get('replan_all', {}).get('elapsed_s')} s")
     if profiler is not None:
-        results["profiles"].update(_profiles(ctx, options, profiler))
+        phase(results, "profiles", lambda: _profiles(ctx, options, profiler))
     return results
+
+
+def _baselines(ctx: BenchContext, options: Options, base: dict[str, Any], phase: Any) -> None:
+    n = options.n
+    sample = sample_message(ctx)
+    _log(f"baselines: sample reminder {len(sample.content):,} bytes to {len(sample.recipients)} recipients")
+    if find_postfix_tool("smtp-source") and find_postfix_tool("smtp-sink"):
+        phase(base, "smtp_source", lambda: smtp_source(ctx, sample, messages=n))
+
+        def without_capture() -> dict[str, Any]:
+            with SmtpSink(ctx.workdir, capture=False) as bare:
+                bare_ctx = BenchContext(ctx.redis_url, ctx.workdir, smtp=bare, key_prefix=ctx.key_prefix)
+                return smtp_source(bare_ctx, sample, messages=n)
+
+        phase(base, "smtp_source_no_capture", without_capture)
+        _log(
+            f"smtp-source: {base['smtp_source'].get('rate_per_s')}/s, without capture "
+            f"{base['smtp_source_no_capture'].get('rate_per_s')}/s"
+        )
+    for processes in options.processes:
+        key = f"raw_aiosmtplib_p{processes}"
+        phase(base, key, lambda p=processes: raw_aiosmtplib(ctx, sample, messages=min(n, 10_000), processes=p))
+        _log(f"raw aiosmtplib x{processes}: {base[key].get('rate_per_s')}/s")
+    phase(base, "naive", lambda: naive_delivery(ctx, sample, messages=min(n, options.naive_messages)))
+    _log(f"naive delivery: {base['naive'].get('rate_per_s')}/s")
+    for processes in options.processes:
+        key = f"noop_p{processes}"
+        phase(base, key, lambda p=processes: noop_drain(ctx, messages=n, processes=p, threads=options.threads))
+        _log(f"no-op drain x{processes}: {base[key].get('rate_per_s')}/s")
 
 
 def _profiles(ctx: BenchContext, options: Options, profiler: PySpy) -> dict[str, Any]:
@@ -291,6 +345,19 @@ def _parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     return options, args
 
 
+def _write_results(out: Path, meta: dict[str, Any], options: Options, results: dict[str, Any]) -> list[Target]:
+    targets = evaluate_targets(results)
+    document = {
+        "meta": meta,
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.__dict__.items()},
+        **results,
+        "targets": [t.as_dict() for t in targets],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    return targets
+
+
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -317,7 +384,15 @@ def main(argv: list[str] | None = None) -> int:
             ctx.smtp = sink
             meta["smtp_capture_dir"] = str(sink.capture_dir)
         _log(f"bench on {meta['cpu_count']} CPU(s), commit {meta['git_commit'][:10]}, work folder {workdir}")
-        results = run(ctx, options, profiler=profiler)
+        out = args.out or RESULTS_DIR / (
+            f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{meta['git_commit'][:8] or 'nogit'}"
+            f"{'-quick' if options.quick else ''}.json"
+        )
+
+        def write(results: dict[str, Any]) -> None:
+            _write_results(out, meta, options, results)
+
+        results = run(ctx, options, profiler=profiler, on_progress=write)
     finally:
         if sink is not None:
             sink.stop()
@@ -328,19 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.close()
     meta["load_average_at_end"] = list(os.getloadavg())
     meta["duration_s"] = round(time.monotonic() - started, 1)
-    targets = evaluate_targets(results)
-    document = {
-        "meta": meta,
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.__dict__.items()},
-        **results,
-        "targets": [t.as_dict() for t in targets],
-    }
-    out = args.out or RESULTS_DIR / (
-        f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{meta['git_commit'][:8] or 'nogit'}"
-        f"{'-quick' if options.quick else ''}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    targets = _write_results(out, meta, options, results)
     if profiler is not None:
         kept = out.with_suffix("").with_name(out.stem + "-profiles")
         shutil.copytree(workdir / "profiles", kept, dirs_exist_ok=True)

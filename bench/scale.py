@@ -19,8 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from worker import publish_many
 from worker.actors import EVENTS_QUEUE
+from worker.keys import Keys
 from worker.ledger import due_member
 from worker.runtime import Runtime, build_runtime
 from worker.schedule import from_epoch_ms
@@ -78,9 +81,9 @@ def _used_memory(ctx: BenchContext) -> int:
     return int(ctx.redis.info("memory")["used_memory"])
 
 
-def memory_breakdown(rt: Runtime, pop: Population) -> dict[str, dict[str, float]]:
+def memory_breakdown(client: redis.Redis, key_names: Keys, pop: Population) -> dict[str, dict[str, float]]:
     """Bytes per kind of key: MEMORY USAGE of a sample of each, times how many there are."""
-    k = rt.keys
+    k = key_names
     step = max(1, pop.renewals // _SAMPLE)
     indices = list(range(0, pop.renewals, step))[:_SAMPLE]
     partner_ids = [pop.partner_id(j) for j in range(pop.partners)]
@@ -100,7 +103,7 @@ def memory_breakdown(rt: Runtime, pop: Population) -> dict[str, dict[str, float]
         }
 
     samples = [keys_of(i) for i in indices]
-    with rt.redis.pipeline(transaction=False) as pipe:
+    with client.pipeline(transaction=False) as pipe:
         for sample in samples:
             for keys in sample.values():
                 for key in keys:
@@ -115,7 +118,7 @@ def memory_breakdown(rt: Runtime, pop: Population) -> dict[str, dict[str, float]
         per_one = total / len(samples)
         total_mb = round(per_one * pop.renewals / 1e6, 1)
         out[name] = {"bytes_each": round(per_one, 1), "count": pop.renewals, "mb": total_mb}
-    with rt.redis.pipeline(transaction=False) as pipe:
+    with client.pipeline(transaction=False) as pipe:
         pipe.memory_usage(k.due(), samples=0)
         for pid in partner_ids:
             pipe.memory_usage(k.partner_renewals(pid), samples=0)
@@ -287,7 +290,7 @@ def run_scale(
         stored = _seed(ctx, pop, "store", processes=seed_processes)
         used_stored = _used_memory(ctx)
         planned = _seed(ctx, pop, "plan", processes=seed_processes)
-        marks_bytes = rt.redis.memory_usage(rt.keys.dirty(), samples=0) or 0
+        marks_bytes = ctx.redis.memory_usage(rt.keys.dirty(), samples=0) or 0
         result["seed"] = {"store": stored, "plan": planned, "marks_left": forget_marks(rt)}
         used_after = _used_memory(ctx)
         reminders = rt.due_index.size()
@@ -302,7 +305,7 @@ def run_scale(
             "plan_bytes_per_reminder": round((used_after - used_stored) / reminders, 1) if reminders else None,
             "pending_marks_after_ingest_mb": round(marks_bytes / 1e6, 1),
         }
-        result["memory_by_key_kind"] = memory_breakdown(rt, pop)
+        result["memory_by_key_kind"] = memory_breakdown(ctx.redis, rt.keys, pop)
 
         # A partner update: the worker applies it and marks the partner, the scheduler re-plans its renewals.
         scheduler = start_scheduler(env, log_path=ctx.log_path("scale-scheduler-2"))
