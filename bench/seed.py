@@ -49,6 +49,7 @@ def apply_events(rt: Runtime, events: Iterable[Event], *, chunk: int = 1000) -> 
     """``Store.apply`` each event on a pipeline sent every ``chunk`` events; every one must be applied."""
     pipe = rt.redis.pipeline(transaction=False)
     store = Store(pipe, keys=rt.keys, event_id_ttl_s=rt.store.event_id_ttl_s, dead_letter_max=rt.store.dead_letter_max)
+    rt.store.load_scripts()  # EVALSHA queued on a pipeline cannot fall back to EVAL on a Redis that never saw it
     count = 0
     outcomes: list[Any] = []
     for event in events:
