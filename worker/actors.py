@@ -18,11 +18,20 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .schedule import DueItem
 
-__all__ = ["DELIVERIES_QUEUE", "EVENTS_QUEUE", "Actors", "deliver_reminder", "handle_event_message", "ingest_event"]
+__all__ = [
+    "DELIVERIES_QUEUE",
+    "EVENTS_QUEUE",
+    "Actors",
+    "deliver_batch",
+    "deliver_reminder",
+    "handle_event_message",
+    "ingest_event",
+]
 
 EVENTS_QUEUE = "events"
 DELIVERIES_QUEUE = "deliveries"
 _log = logging.getLogger("worker.ingest")
+_log_delivery = logging.getLogger("worker.delivery")
 
 
 INGEST_MAX_RETRIES = 20
@@ -76,15 +85,32 @@ def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, A
 
 async def deliver_reminder(partner_id: str, renewal_id: str, reminder_id: str, due_ms: int) -> None:
     """Send one due reminder; the message is only a pointer, everything else is read now."""
-    from .delivery import deliver
+    await deliver_batch([[partner_id, renewal_id, reminder_id, due_ms]])
+
+
+async def deliver_batch(items: list[list[Any]]) -> None:
+    """Send due reminders, each ``[partner_id, renewal_id, reminder_id, due_ms]``, at most once each.
+
+    A reminder that a retry may fix makes the whole message retry; the others are final by then,
+    and the retry finds them so in the ledger and leaves them alone.
+    """
+    from .delivery import deliver_many
     from .runtime import get_runtime
 
     rt = get_runtime()
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
-    max_retries = rt.settings.delivery_max_retries
-    result = await deliver(rt, partner_id, renewal_id, reminder_id, last_try=retries >= max_retries)
-    _log.info("reminder %s/%s (due %d): %s", renewal_id, reminder_id, due_ms, result)
+    refs = [(str(pid), str(rid), str(rem)) for pid, rid, rem, _ in items]
+    results = await deliver_many(rt, refs, last_try=retries >= rt.settings.delivery_max_retries)
+    errors = []
+    for (_, renewal_id, reminder_id), item, result in zip(refs, items, results, strict=True):
+        if isinstance(result, Exception):
+            errors.append(result)
+            _log_delivery.warning("reminder %s/%s (due %s): will retry: %s", renewal_id, reminder_id, item[3], result)
+        else:
+            _log_delivery.info("reminder %s/%s (due %s): %s", renewal_id, reminder_id, item[3], result)
+    if errors:
+        raise errors[0]
 
 
 class Actors:
@@ -110,7 +136,21 @@ class Actors:
             max_backoff=settings.delivery_max_backoff_ms,
             throws=(PermanentError,),
         )(deliver_reminder)
+        self.deliver_batch = dramatiq.actor(
+            broker=broker,
+            actor_name="deliver_batch",
+            queue_name=DELIVERIES_QUEUE,
+            max_retries=settings.delivery_max_retries,
+            min_backoff=settings.delivery_min_backoff_ms,
+            max_backoff=settings.delivery_max_backoff_ms,
+            throws=(PermanentError,),
+        )(deliver_batch)
+        self.delivery_batch_size = settings.delivery_batch_size
 
     def enqueue_deliveries(self, items: list[DueItem]) -> None:
-        for item in items:
-            self.deliver.send(item.partner_id, item.renewal_id, item.reminder_id, item.due_ms)
+        """One message per ``DELIVERY_BATCH_SIZE`` due reminders: dramatiq's cost per message and the
+        Redis round trips of a delivery are shared by the batch."""
+        size = self.delivery_batch_size
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            self.deliver_batch.send([[i.partner_id, i.renewal_id, i.reminder_id, i.due_ms] for i in chunk])

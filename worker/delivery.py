@@ -1,9 +1,12 @@
-"""Sends one due reminder: re-check the state now, claim it in the ledger, render, send, record the outcome."""
+"""Sends due reminders: re-check the state now, claim each in the ledger, render, send, record the outcomes."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
@@ -12,13 +15,13 @@ import idna
 from .decision import Send, Skip, Wait, decide
 from .errors import PermanentSendError, TransientError
 from .events import Person
-from .ledger import Outcome, due_member
+from .ledger import Outcome, ReminderRef, due_member
 from .message import build_message, envelope_recipients, message_id_for
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["LeaseBusy", "deliver"]
+__all__ = ["LeaseBusy", "deliver", "deliver_many"]
 
 _log = logging.getLogger("worker.delivery")
 
@@ -43,67 +46,134 @@ def _keep_claim(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str)
     rt.due_index.extend(due_member(partner_id, renewal_id, reminder_id), until=until)
 
 
+@functools.cache  # one MAIL_FROM per process; parseaddr is slow enough to show in a profile
 def _from_domain(mail_from: str) -> str:
     return parseaddr(mail_from)[1].rpartition("@")[2] or "renewals.invalid"
 
 
+@functools.cache
 def _envelope_sender(mail_from: str) -> str:
     local, _, domain = parseaddr(mail_from)[1].rpartition("@")
     return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}" if domain else local
 
 
 async def deliver(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
-    """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...)."""
+    """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...).
+
+    Raises what a retry may fix (a deferred send, a lost connection, a busy lease).
+    """
+    (result,) = await deliver_many(rt, [(partner_id, renewal_id, reminder_id)], last_try=last_try)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+async def deliver_many(rt: Runtime, refs: Sequence[ReminderRef], *, last_try: bool) -> list[str | Exception]:
+    """Deliver reminders at most once each, with Redis read and written a few times per batch.
+
+    The state is read for all, each is decided on its own, claimed in one round trip, then the
+    emails go out concurrently over the mailer's connections and every outcome is written in one
+    round trip. Per reminder: what happened, or the exception that a retry may fix (its lease is
+    given back and its scheduler claim held until the retry).
+    """
     now = rt.clock.now()
     rules = rt.rules()
-    member = due_member(partner_id, renewal_id, reminder_id)
-    view = rt.planning.view(partner_id, renewal_id)
-    if reminder_id in view.outcomes:
-        rt.due_index.release(member)
-        return "already_final"
-    client = view.client
-    decision = decide(
-        reminder_id,
-        view.plan(rules, now),
-        renewal=view.renewal.renewal,
-        client=client.client if client else None,
-        partner=view.partner,
-        override=client.override if client else None,
-        rules=rules,
-        now=now,
-        contact_roles=rt.settings.hubspot_contact_roles,
+    views = rt.planning.views([(pid, rid) for pid, rid, _ in refs])
+    results: list[str | Exception] = [""] * len(refs)
+    batch = _Batch()
+    sends: list[tuple[int, Send]] = []
+    replan: list[tuple[str, str]] = []
+    for i, (ref, view) in enumerate(zip(refs, views, strict=True)):
+        partner_id, renewal_id, reminder_id = ref
+        if reminder_id in view.outcomes:
+            batch.release.append(due_member(*ref))
+            results[i] = "already_final"
+            continue
+        client = view.client
+        decision = decide(
+            reminder_id,
+            view.plan(rules, now),
+            renewal=view.renewal.renewal,
+            client=client.client if client else None,
+            partner=view.partner,
+            override=client.override if client else None,
+            rules=rules,
+            now=now,
+            contact_roles=rt.settings.hubspot_contact_roles,
+        )
+        if isinstance(decision, Wait):
+            # The renewal changed after this reminder was claimed: hand it back to planning.
+            batch.release.append(due_member(*ref))
+            replan.append((partner_id, renewal_id))
+            results[i] = "waiting"
+        elif isinstance(decision, Skip):
+            batch.finish.append((ref, Outcome("skipped", now, reason=decision.reason), ""))
+            results[i] = f"skipped:{decision.reason}"
+        else:
+            sends.append((i, decision))
+    if replan:
+        rt.ledger.finish_many([], release=batch.release)  # out of the claimed set before re-planning
+        batch.release = []
+        for partner_id, renewal_id in replan:
+            rt.planning.replan(partner_id, renewal_id, rules, now)
+
+    # One round trip: the lease on each reminder to send, and which of its recipients are suppressed.
+    claims = rt.ledger.claim_many(
+        [(refs[i], [r.person.email for r in send.routing.to + send.routing.cc]) for i, send in sends]
     )
-    if isinstance(decision, Wait):
-        # The renewal changed after this reminder was claimed: hand it back to planning.
-        rt.due_index.release(member)
-        rt.planning.replan(partner_id, renewal_id, rules, now)
-        return "waiting"
-    if isinstance(decision, Skip):
-        rt.ledger.finish(partner_id, renewal_id, reminder_id, Outcome("skipped", now, reason=decision.reason))
-        return f"skipped:{decision.reason}"
-    return await _send(rt, decision, partner_id, renewal_id, reminder_id, last_try=last_try)
+    attempts = []
+    for (i, send), (claim, token, flags) in zip(sends, claims, strict=True):
+        ref = refs[i]
+        if claim == "final":
+            batch.release.append(due_member(*ref))
+            results[i] = "already_final"
+        elif claim == "busy":
+            _keep_claim(rt, *ref)
+            results[i] = LeaseBusy(f"{ref[1]}/{ref[2]} is being sent by another worker")
+        else:
+            attempts.append((i, _attempt(rt, ref, send, token, flags, now=now, last_try=last_try, batch=batch)))
+    try:
+        done = await asyncio.gather(*(a for _, a in attempts), return_exceptions=True) if attempts else []
+    finally:
+        # Even when cancelled half-way (a worker stopping): what the server accepted is recorded.
+        rt.ledger.finish_many(batch.finish, suppress=batch.suppress, release=batch.release)
+    for (i, _), result in zip(attempts, done, strict=True):
+        if not isinstance(result, (str, Exception)):
+            raise result  # cancelled: its lease is back and its claim held for the retry
+        results[i] = result
+    return results
 
 
-async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
-    now = rt.clock.now()
+class _Batch:
+    """What one batch writes at its end, in one round trip."""
+
+    def __init__(self) -> None:
+        self.finish: list[tuple[ReminderRef, Outcome, str]] = []
+        self.suppress: list[str] = []
+        self.release: list[str | bytes] = []
+
+
+async def _attempt(
+    rt: Runtime,
+    ref: ReminderRef,
+    send: Send,
+    token: str,
+    flags: list[bool],
+    *,
+    now: datetime,
+    last_try: bool,
+    batch: _Batch,
+) -> str | Exception:
+    """Render, build and send one claimed reminder; its outcome goes into ``batch``."""
+    partner_id, renewal_id, reminder_id = ref
     people_to = [r.person for r in send.routing.to]
     people_cc = [r.person for r in send.routing.cc]
-    # One round trip: which recipients are suppressed, and the lease on the reminder.
-    claim, token, flags = rt.ledger.claim(
-        partner_id, renewal_id, reminder_id, check_suppressed=[p.email for p in people_to + people_cc]
-    )
-    if claim == "final":
-        rt.due_index.release(due_member(partner_id, renewal_id, reminder_id))
-        return "already_final"
-    if claim == "busy":
-        _keep_claim(rt, partner_id, renewal_id, reminder_id)
-        raise LeaseBusy(f"{renewal_id}/{reminder_id} is being sent by another worker")
     to = [p for p, flag in zip(people_to, flags[: len(people_to)], strict=True) if not flag]
     cc = [p for p, flag in zip(people_cc, flags[len(people_to) :], strict=True) if not flag]
     suppressed = [p.email for p, flag in zip(people_to + people_cc, flags, strict=True) if flag]
     if not to:
         outcome = Outcome("suppressed", now, reason="every recipient is suppressed", extra={"addresses": suppressed})
-        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+        batch.finish.append((ref, outcome, token))
         return "suppressed"
 
     message_id = message_id_for(partner_id, renewal_id, reminder_id, domain=_from_domain(rt.settings.mail_from))
@@ -135,13 +205,13 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
     except ValueError as exc:
         # The data cannot make a valid message (build_message refuses it): no retry can help.
         outcome = Outcome("failed", now, reason="invalid_message", message_id=message_id, reply=str(exc))
-        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+        batch.finish.append((ref, outcome, token))
         _log.error("%s/%s cannot be built: %s", renewal_id, reminder_id, exc)
         return "failed"
     except PermanentSendError as exc:
-        rt.ledger.suppress(list(exc.recipients))
+        batch.suppress.extend(exc.recipients)
         outcome = Outcome("failed", now, reason="refused", message_id=message_id, reply=str(exc))
-        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+        batch.finish.append((ref, outcome, token))
         _log.error("%s/%s refused: %s", renewal_id, reminder_id, exc)
         return "failed"
     except Exception as exc:
@@ -150,16 +220,16 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
         rt.ledger.release(partner_id, renewal_id, reminder_id, token)
         if not last_try:
             _keep_claim(rt, partner_id, renewal_id, reminder_id)
-            raise
+            return exc
         outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
-        rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome)
+        batch.finish.append((ref, outcome, ""))
         _log.error("%s/%s failed after retries: %s", renewal_id, reminder_id, exc)
         return "failed"
     except BaseException:
         rt.ledger.release(partner_id, renewal_id, reminder_id, token)
         _keep_claim(rt, partner_id, renewal_id, reminder_id)
         raise
-    rt.ledger.suppress(list(result.refused))
+    batch.suppress.extend(result.refused)
     extra: dict[str, object] = {"locale": rendered.locale}
     if result.refused:
         extra["refused"] = dict(result.refused)
@@ -175,5 +245,5 @@ async def _send(rt: Runtime, send: Send, partner_id: str, renewal_id: str, remin
         reply=result.reply,
         extra=extra,
     )
-    rt.ledger.finish(partner_id, renewal_id, reminder_id, outcome, token)
+    batch.finish.append((ref, outcome, token))
     return "sent"

@@ -14,10 +14,12 @@ import redis
 from .keys import SEP, Keys
 from .scripts import LuaScript, run_pipeline
 
-__all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "due_member", "parse_due_member"]
+__all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "ReminderRef", "due_member", "parse_due_member"]
 
 OutcomeKind = Literal["sent", "skipped", "suppressed", "failed"]
 ClaimResult = Literal["claimed", "final", "busy"]
+ReminderRef = tuple[str, str, str]
+"""(partner id, renewal id, reminder id): what a delivery message names."""
 
 
 def due_member(partner_id: str, renewal_id: str, reminder_id: str) -> str:
@@ -112,19 +114,31 @@ class Ledger:
         Returns the result, the lease token and, in the same round trip, whether each address in
         ``check_suppressed`` is on the suppression list.
         """
-        token = uuid.uuid4().hex
-        keys = [self.keys.ledger(partner_id, renewal_id), self.keys.lease(partner_id, renewal_id, reminder_id)]
-        addresses = [e.casefold() for e in check_suppressed]
+        return self.claim_many([((partner_id, renewal_id, reminder_id), check_suppressed)])[0]
+
+    def claim_many(
+        self, requests: Sequence[tuple[ReminderRef, Sequence[str]]]
+    ) -> list[tuple[ClaimResult, str, list[bool]]]:
+        """``claim`` for many reminders in one round trip; each is claimed (or not) on its own."""
+        if not requests:
+            return []
+        tokens = [uuid.uuid4().hex for _ in requests]
+        addresses = [[e.casefold() for e in emails] for _, emails in requests]
 
         def build(pipe: redis.client.Pipeline) -> None:
-            if addresses:
-                pipe.smismember(self.keys.suppressed(), addresses)
-            self._claim.queue(pipe, keys=keys, args=[reminder_id, token, self.lease_ms])
+            for ((pid, rid, rem), _), token, emails in zip(requests, tokens, addresses, strict=True):
+                if emails:
+                    pipe.smismember(self.keys.suppressed(), emails)
+                keys = [self.keys.ledger(pid, rid), self.keys.lease(pid, rid, rem)]
+                self._claim.queue(pipe, keys=keys, args=[rem, token, self.lease_ms])
 
-        replies = run_pipeline(self.redis, build, [self._claim])
-        result = replies[-1].decode() if isinstance(replies[-1], bytes) else replies[-1]
-        flags = [bool(v) for v in replies[0]] if check_suppressed else []
-        return result, token, flags
+        replies = iter(run_pipeline(self.redis, build, [self._claim]))
+        out: list[tuple[ClaimResult, str, list[bool]]] = []
+        for token, emails in zip(tokens, addresses, strict=True):
+            flags = [bool(v) for v in next(replies)] if emails else []
+            result = next(replies)
+            out.append((result.decode() if isinstance(result, bytes) else result, token, flags))
+        return out
 
     def release(self, partner_id: str, renewal_id: str, reminder_id: str, token: str) -> None:
         """Give the lease back without an outcome (a retryable failure): another attempt may take it."""
@@ -132,16 +146,33 @@ class Ledger:
 
     def finish(self, partner_id: str, renewal_id: str, reminder_id: str, outcome: Outcome, token: str = "") -> bool:
         """Record the final outcome; False when one was already there (it is never overwritten)."""
+        return self.finish_many([((partner_id, renewal_id, reminder_id), outcome, token)])[0]
+
+    def finish_many(
+        self,
+        items: Sequence[tuple[ReminderRef, Outcome, str]],
+        *,
+        suppress: Sequence[str] = (),
+        release: Sequence[str | bytes] = (),
+    ) -> list[bool]:
+        """``finish`` many reminders in one round trip, with the addresses to suppress and the
+        scheduler claims to release (reminders already final or handed back to planning)."""
         k = self.keys
-        keys = [
-            k.ledger(partner_id, renewal_id),
-            k.lease(partner_id, renewal_id, reminder_id),
-            k.planned(partner_id, renewal_id),
-            k.due(),
-            k.claimed(),
-        ]
-        member = due_member(partner_id, renewal_id, reminder_id)
-        return bool(self._finish(keys=keys, args=[reminder_id, token, outcome.to_json(), member]))
+
+        def build(pipe: redis.client.Pipeline) -> None:
+            for (pid, rid, rem), outcome, token in items:
+                keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.planned(pid, rid), k.due(), k.claimed()]
+                self._finish.queue(pipe, keys=keys, args=[rem, token, outcome.to_json(), due_member(pid, rid, rem)])
+            if suppress:
+                pipe.sadd(k.suppressed(), *[e.casefold() for e in suppress])
+            if release:
+                pipe.zrem(k.claimed(), *release)
+
+        if not (items or suppress or release):
+            return []
+        # Re-run whole on NOSCRIPT: HSETNX of an outcome, SADD and ZREM are all idempotent.
+        replies = run_pipeline(self.redis, build, [self._finish])
+        return [bool(written) for written in replies[: len(items)]]
 
     def outcomes(self, partner_id: str, renewal_id: str) -> dict[str, Outcome]:
         raw = self.redis.hgetall(self.keys.ledger(partner_id, renewal_id))

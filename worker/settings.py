@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         default=("primary", "billing", "decision_maker"),
         description="Client contacts that receive platform-owned (hubspot) mail, comma separated.",
     )
+    delivery_batch_size: int = Field(
+        default=20,
+        ge=1,
+        le=1_000,
+        description="Due reminders per delivery message: each batch reads and writes Redis a few times in all.",
+    )
     delivery_max_retries: int = Field(default=10, ge=0, description="Retries of a deferred send before it is failed.")
     delivery_min_backoff_ms: int = Field(default=5_000, ge=1)
     delivery_max_backoff_ms: int = Field(default=900_000, ge=1)
