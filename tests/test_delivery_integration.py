@@ -311,3 +311,84 @@ def test_starttls_with_a_trusted_certificate_delivers_encrypted(smtp_server_star
     assert deliver_now(rt) == "sent"
     assert smtp_server_starttls.messages[0].encrypted
     rt.close()
+
+
+def seed_clients(rt: Runtime, count: int) -> list[str]:
+    """``count`` clients with one renewal each (r1..rN, clients c1..cN), first notice due at FIRST_DUE."""
+    events = [partner_updated(notify_user=person("Anna Reed", "anna@agency.example"))]
+    for n in range(1, count + 1):
+        contacts = {"primary": person(f"Client {n}", f"client{n}@example.com")}
+        events.append(client_updated(client_id=f"c{n}", domain=f"client{n}.example", contacts=contacts))
+        events.append(
+            renewal_updated(renewal_id=f"r{n}", client_id=f"c{n}", start_date="2027-03-15", at="2026-12-01T10:00:00Z")
+        )
+    ingest(rt, *events)
+    return [f"r{n}" for n in range(1, count + 1)]
+
+
+def test_a_batch_sends_each_reminder_once_and_records_what_happened_to_each(smtp_server, redis_url):
+    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
+    rt = make_runtime(smtp_server, redis_url, clock, delivery_batch_size=4)
+    renewals = seed_clients(rt, 5)
+    rt.ledger.suppress(["client3@example.com", "anna@agency.example"])  # r3: nobody left to send to
+    clock.advance_to(FIRST_DUE)
+    claimed = rt.due_index.claim(clock.now(), lease_ms=60_000, limit=100)
+    assert len(claimed) == 5
+    rt.store.apply(parse_event(services_ended(client_id="c2", at="2026-12-29T00:00:00Z")))
+    assert deliver_now(rt, "first-notice") == "sent"  # r1 went out already, on its own
+    refs = [(item.partner_id, item.renewal_id, item.reminder_id) for item in claimed]
+
+    async def run() -> list[str | Exception]:
+        from worker.delivery import deliver_many
+
+        try:
+            return await deliver_many(rt, refs, last_try=False)
+        finally:
+            await rt.close_mailer()
+
+    results = dict(zip([r for _, r, _ in refs], asyncio.run(run()), strict=True))
+    assert results == {
+        "r1": "already_final",
+        "r2": "skipped:services_ended",
+        "r3": "suppressed",
+        "r4": "sent",
+        "r5": "sent",
+    }
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
+        "client1@example.com",
+        "client4@example.com",
+        "client5@example.com",
+    ]
+    kinds = {rid: rt.ledger.outcome("p1", rid, "first-notice").kind for rid in renewals}
+    assert kinds == {"r1": "sent", "r2": "skipped", "r3": "suppressed", "r4": "sent", "r5": "sent"}
+    # Every claim and plan entry of the batch is gone: nothing is enqueued again.
+    assert rt.redis.zcard(rt.keys.claimed()) == 0
+    planned = [m.decode() for m in rt.redis.zrange(rt.keys.due(), 0, -1)]
+    assert not [m for m in planned if m.endswith("first-notice")]
+    rt.close()
+
+
+def test_a_deferred_send_retries_its_batch_and_the_others_are_not_sent_again(pipeline):
+    rt, clock, server = pipeline
+    seed_clients(rt, 6)
+    server.reply_next("451 4.3.0 Try again later", at="DATA")  # one message of the batch is deferred
+    assert fire_due(rt, clock, FIRST_DUE) == 6  # batches of DELIVERY_BATCH_SIZE (20): one message
+    wait_for(lambda: all(rt.ledger.outcome("p1", f"r{n}", "first-notice") for n in range(1, 7)))
+    time.sleep(0.5)  # a duplicate from the retried batch would have arrived by now
+    assert all(rt.ledger.outcome("p1", f"r{n}", "first-notice").kind == "sent" for n in range(1, 7))
+    received = sorted(m.rcpt_tos[0] for m in server.messages)
+    assert received == sorted(f"client{n}@example.com" for n in range(1, 7))
+    ids = [message_from_bytes(m.content)["Message-ID"] for m in server.messages]
+    assert len(set(ids)) == 6
+
+
+def test_the_same_batch_delivered_twice_sends_nothing_the_second_time(pipeline):
+    rt, clock, server = pipeline
+    seed_clients(rt, 3)
+    clock.advance_to(FIRST_DUE)
+    claimed = rt.due_index.claim(clock.now(), lease_ms=60_000, limit=100)
+    rt.actors.enqueue_deliveries(claimed)
+    rt.actors.enqueue_deliveries(claimed)  # a scheduler that enqueued twice, or a redelivered message
+    wait_for(lambda: all(rt.ledger.outcome("p1", f"r{n}", "first-notice") for n in range(1, 4)))
+    rt.broker.join("deliveries", timeout=20_000)
+    assert len(server.messages) == 3
