@@ -185,3 +185,18 @@ def test_publish_many_enqueues_events_in_batches_of_the_configured_size(runtime)
     drain(runtime)
     assert runtime.store.partner_ids() == sorted(f"p{i}" for i in range(7))
     assert runtime.store.event_stats()["applied"] == 7
+
+
+def test_renewals_enqueue_sends_the_good_lines_in_batches_in_file_order(runtime, tmp_path, capsys):
+    from worker.cli import main
+
+    lines = [json.dumps(partner_updated(partner_id=f"p{i}")) for i in range(7)]
+    lines.insert(3, '{"event_id": "broken"')
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["enqueue", str(path)]) == 1
+    assert "enqueued 7 event(s), rejected 1" in capsys.readouterr().out
+    assert runtime.broker.do_qsize(EVENTS_QUEUE) == 3  # 3 + 3 + 1
+    drain(runtime)
+    assert runtime.store.partner_ids() == sorted(f"p{i}" for i in range(7))
+    assert runtime.store.dead_letters() == []  # a line refused by enqueue never reaches the queue
