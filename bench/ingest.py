@@ -1,9 +1,10 @@
 """Ingest: events through the public ``publish_many`` until production workers have stored them all.
 
 The benchmark's process is the producer, publishing in chunks of 1,000 as an upstream system
-would; on one machine it shares the cores with the workers, so its CPU time is reported too. A
-scheduler runs as in production: it plans what the workers stored (and marked), so the time until
-every renewal is planned is reported as well.
+would (``publish_many`` sends them INGEST_BATCH_SIZE per message); on one machine it shares the
+cores with the workers, so its CPU time is reported too. A scheduler runs as in production: it
+plans what the workers stored (and marked), so the time until every renewal is planned is
+reported as well.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ def run_ingest(
     total = pop.event_count()
     raw = list(pop.events())
     rt = ctx.runtime()
-    result: dict[str, Any] = {"events": total, "processes": processes, "threads": threads}
+    result: dict[str, Any] = {
+        "events": total,
+        "processes": processes,
+        "threads": threads,
+        "batch_size": rt.settings.ingest_batch_size,
+    }
     workers = scheduler = None
     recordings: list[Recording] = []
     try:

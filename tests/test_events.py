@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 from factories import (
     client_updated,
     owner_changed,
@@ -16,12 +17,15 @@ from factories import (
     renewal_updated,
     services_ended,
 )
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from worker.errors import InvalidEvent
 from worker.events import (
     ClientUpdated,
     PartnerUpdated,
     RenewalUpdated,
+    _normalized_email,
     event_json_schema,
     parse_event,
 )
@@ -79,6 +83,49 @@ def test_email_addresses_are_normalised_and_idn_domains_accepted():
     assert event.data.domain == "bücher.de"
     assert event.data.contacts.primary is not None
     assert event.data.contacts.primary.email == "j@bücher.de"
+
+
+def _email_validator_says(address: str) -> str | None:
+    try:
+        return str(validate_email(address, check_deliverability=False, allow_smtputf8=True).normalized)
+    except EmailNotValidError:
+        return None
+
+
+def _ours(address: str) -> str | None:
+    try:
+        return _normalized_email(address)
+    except ValueError:
+        return None
+
+
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-."
+_label = st.one_of(
+    st.text("abcxyz0189-", min_size=0, max_size=70),
+    st.text("abcxyzABCXYZ0189-", min_size=0, max_size=70),
+    st.sampled_from(["xn--bcher-kva", "xn--zz", "ab--cd", "arpa", "localhost", "test", "invalid", "123", "é"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    local=st.one_of(st.text(_ATEXT, min_size=0, max_size=70), st.sampled_from(["Info", "POSTMASTER", "sales", "Jane"])),
+    labels=st.lists(_label, min_size=1, max_size=5),
+)
+@example(local="jane", labels=["ACME", "com"])
+@example(local="jane", labels=["xn--bcher-kva", "de"])
+@example(local="Info", labels=["acme", "com"])
+@example(local="jane", labels=["mail", "localhost"])
+@example(local="jane", labels=["a" * 63, "b" * 64])
+@example(local="jane", labels=["acme", "c0m"])
+@example(local="jane", labels=["acme", "co1"])
+@example(local="jane", labels=["-acme", "com"])
+@example(local="jane", labels=["acme-", "com"])
+@example(local="jane", labels=["a" * 63] * 3 + ["com"])
+@example(local="x" * 64, labels=["a" * 63] * 2 + ["a" * 60, "com"])
+def test_the_shortcut_for_plain_addresses_agrees_with_email_validator(local, labels):
+    address = f"{local}@{'.'.join(labels)}"
+    assert _ours(address) == _email_validator_says(address)
 
 
 BAD_FIELDS = [

@@ -108,6 +108,7 @@ def test_cli_enqueue_reports_bad_lines_and_enqueues_the_good_ones(runtime, redis
     assert f"{path}:2:" in proc.stderr
     assert f"{path}:3: data.contacts.primary.email:" in proc.stderr
     assert "enqueued 2 event(s), rejected 2" in proc.stdout
+    assert runtime.broker.do_qsize(EVENTS_QUEUE) == 1  # one batch message
     drain(runtime)
     assert runtime.store.client_state("p1", "c3").client is not None
     assert runtime.store.client_state("p1", "c2").client is None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+
+import fakeredis
 import pytest
 from factories import client_updated, owner_changed, partner_updated, renewal_removed, renewal_updated, services_ended
 
 from worker.events import parse_event
 from worker.keys import Keys
-from worker.store import Store
+from worker.scripts import LuaScript
+from worker.store import _APPLY, Store
 
 
 @pytest.fixture
@@ -155,3 +159,43 @@ def test_every_apply_outcome_is_counted(store):
     apply(store, services_ended())
     apply(store, services_ended())
     assert store.event_stats() == {"applied": 2, "duplicate": 1, "stale": 1, "already_ended": 1, "dead_lettered": 0}
+
+
+def test_apply_many_gives_each_event_the_outcome_apply_would(store, fake_redis):
+    raws = [
+        partner_updated(event_id="p"),
+        client_updated(at="2026-12-02T00:00:00Z", domain="new.com", event_id="c-new"),
+        client_updated(at="2026-12-01T00:00:00Z", domain="old.com", event_id="c-old"),
+        partner_updated(event_id="p"),
+        services_ended(event_id="end"),
+        services_ended(event_id="end-again"),
+    ]
+    outcomes = store.apply_many([parse_event(raw) for raw in raws])
+    assert outcomes == ["applied", "applied", "stale", "duplicate", "applied", "already_ended"]
+    one_by_one = Store(fakeredis.FakeRedis(), keys=Keys("t"), event_id_ttl_s=60)
+    assert [apply(one_by_one, raw) for raw in raws] == outcomes
+    assert store.client_state("p1", "c1").client.domain == "new.com"
+    assert store.apply_many([]) == []
+
+
+@pytest.mark.integration
+def test_apply_many_loads_its_script_on_a_redis_that_never_saw_it(real_redis):
+    store = Store(real_redis, keys=Keys("t"), event_id_ttl_s=60)
+    # A script of its own (not SCRIPT FLUSH, which would pull the scripts from under others' runs).
+    store._apply = LuaScript(real_redis, f"{_APPLY}-- {uuid.uuid4()}\n")
+    assert store.apply_many([parse_event(partner_updated()), parse_event(client_updated())]) == ["applied", "applied"]
+
+
+def test_a_batch_of_dead_letters_keeps_each_one_in_order_and_counts_them(store):
+    from datetime import UTC, datetime
+
+    store.add_dead_letters(
+        [("raw-1", "invalid_event", [("data.domain", "bad")]), ("raw-2", "invalid_event", [("type", "unknown")])],
+        now=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    store.add_dead_letters([], now=datetime(2026, 12, 1, tzinfo=UTC))
+    assert [(d.raw, d.errors) for d in store.dead_letters()] == [
+        ("raw-2", [("type", "unknown")]),
+        ("raw-1", [("data.domain", "bad")]),
+    ]
+    assert store.event_stats()["dead_lettered"] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -11,7 +12,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from .errors import InvalidEvent, PermanentError
-from .events import parse_event
+from .events import Event, parse_event
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -24,8 +25,11 @@ __all__ = [
     "Actors",
     "deliver_batch",
     "deliver_reminder",
+    "handle_batch_message",
     "handle_event_message",
+    "ingest_batch",
     "ingest_event",
+    "screen_event",
 ]
 
 EVENTS_QUEUE = "events"
@@ -35,6 +39,24 @@ _log_delivery = logging.getLogger("worker.delivery")
 
 
 INGEST_MAX_RETRIES = 20
+
+
+def screen_event(raw: str, *, now: datetime, max_future_s: int) -> Event:
+    """Validate one event as the worker must: the contract, and a date no further ahead than allowed.
+
+    A producer with a wrong clock would, once applied, make every real event look stale.
+    """
+    event = parse_event(raw)
+    ahead = event.occurred_at - now
+    if ahead.total_seconds() > max_future_s:
+        raise InvalidEvent([("occurred_at", f"is {ahead} in the future (EVENT_MAX_FUTURE_S={max_future_s})")])
+    return event
+
+
+def _retries_left() -> bool:
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message is not None else INGEST_MAX_RETRIES
+    return bool(retries < INGEST_MAX_RETRIES)
 
 
 def ingest_event(*args: Any, **kwargs: Any) -> None:
@@ -47,13 +69,11 @@ def ingest_event(*args: Any, **kwargs: Any) -> None:
     except Exception as exc:
         # Redis away, or a bug: retried with backoff; on the last try the event is kept with the
         # error in the dead letters, where ops look, rather than only in dramatiq's own queue.
-        message = CurrentMessage.get_current_message()
-        retries = message.options.get("retries", 0) if message is not None else INGEST_MAX_RETRIES
-        if retries < INGEST_MAX_RETRIES:
+        if _retries_left():
             raise
         raw = args[0] if len(args) == 1 and isinstance(args[0], str) else json.dumps([args, kwargs], default=repr)
         rt.store.add_dead_letter(raw, "processing_failed", [("", f"{type(exc).__name__}: {exc}")], now=rt.clock.now())
-        _log.exception("event dead-lettered after %d retries", retries)
+        _log.exception("event dead-lettered after %d retries", INGEST_MAX_RETRIES)
 
 
 def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -64,23 +84,73 @@ def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, A
         _log.warning("dead-lettered a malformed message")
         return "dead_letter"
     raw = args[0] if isinstance(args[0], str) else json.dumps(args[0])
-    try:
-        event = parse_event(raw)
-    except InvalidEvent as exc:
-        rt.store.add_dead_letter(raw, "invalid_event", exc.errors, now=rt.clock.now())
-        _log.warning("dead-lettered an invalid event: %s", exc)
-        return "dead_letter"
     now = rt.clock.now()
-    if (event.occurred_at - now).total_seconds() > rt.settings.event_max_future_s:
-        # A producer with a wrong clock: applied, this event would make every real one look stale.
-        reason = f"is {event.occurred_at - now} in the future (EVENT_MAX_FUTURE_S={rt.settings.event_max_future_s})"
-        rt.store.add_dead_letter(raw, "invalid_event", [("occurred_at", reason)], now=now)
-        _log.warning("dead-lettered event %s: occurred_at %s", event.event_id, reason)
+    try:
+        event = screen_event(raw, now=now, max_future_s=rt.settings.event_max_future_s)
+    except InvalidEvent as exc:
+        rt.store.add_dead_letter(raw, "invalid_event", exc.errors, now=now)
+        _log.warning("dead-lettered an invalid event: %s", exc)
         return "dead_letter"
     # Applying also marks what must be re-planned; the scheduler loop re-plans it in batches.
     outcome = rt.store.apply(event, now=now)
     _log.debug("event %s (%s): %s", event.event_id, event.type, outcome)
     return outcome
+
+
+def _batch_items(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | None:
+    """The events of a batch message as JSON texts, or None when the message is not one list."""
+    if len(args) != 1 or kwargs or not isinstance(args[0], list):
+        return None
+    return [item if isinstance(item, str) else json.dumps(item) for item in args[0]]
+
+
+def ingest_batch(*args: Any, **kwargs: Any) -> None:
+    """The batch actor body: like ``ingest_event`` for each event of a list, at one message's cost."""
+    from .runtime import get_runtime
+
+    rt = get_runtime()
+    try:
+        handle_batch_message(rt, args, kwargs)
+    except Exception as exc:
+        # Retrying the whole batch is safe: events already applied come back as duplicates and
+        # change nothing. Only after the last try is each event dead-lettered, one by one.
+        if _retries_left():
+            raise
+        raws = _batch_items(args, kwargs) or [json.dumps([args, kwargs], default=repr)]
+        error = [("", f"{type(exc).__name__}: {exc}")]
+        rt.store.add_dead_letters([(raw, "processing_failed", error) for raw in raws], now=rt.clock.now())
+        _log.exception("batch of %d event(s) dead-lettered after %d retries", len(raws), INGEST_MAX_RETRIES)
+
+
+def handle_batch_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+    """Validate each event of a batch on its own, apply the good ones in one round trip, dead-letter the rest.
+
+    Returns one outcome per event, in order: what ``handle_event_message`` would have returned.
+    """
+    raws = _batch_items(args, kwargs)
+    now = rt.clock.now()
+    if raws is None:
+        raw = json.dumps({"args": args, "kwargs": kwargs}, default=repr)
+        rt.store.add_dead_letter(raw, "malformed_message", [("", "expected one list of JSON events")], now=now)
+        _log.warning("dead-lettered a malformed batch message")
+        return ["dead_letter"]
+    good: list[tuple[int, Event]] = []
+    rejected: list[tuple[str, str, list[tuple[str, str]]]] = []
+    outcomes = ["dead_letter"] * len(raws)
+    for position, raw in enumerate(raws):
+        try:
+            good.append((position, screen_event(raw, now=now, max_future_s=rt.settings.event_max_future_s)))
+        except InvalidEvent as exc:
+            rejected.append((raw, "invalid_event", exc.errors))
+            _log.warning("dead-lettered an invalid event: %s", exc)
+    # Applied first: should the dead letters fail to be written, the retry finds the good events
+    # already seen, instead of dead-lettering the bad ones twice.
+    applied = rt.store.apply_many([event for _, event in good], now=now)
+    for (position, _), outcome in zip(good, applied, strict=True):
+        outcomes[position] = outcome
+    rt.store.add_dead_letters(rejected, now=now)
+    _log.debug("batch of %d event(s): %d valid, %d dead-lettered", len(raws), len(good), len(rejected))
+    return outcomes
 
 
 async def deliver_reminder(partner_id: str, renewal_id: str, reminder_id: str, due_ms: int) -> None:
@@ -127,6 +197,15 @@ class Actors:
             max_backoff=300_000,
             throws=(PermanentError,),
         )(ingest_event)
+        self.ingest_batch = dramatiq.actor(
+            broker=broker,
+            actor_name="ingest_batch",
+            queue_name=EVENTS_QUEUE,
+            max_retries=INGEST_MAX_RETRIES,
+            min_backoff=500,
+            max_backoff=300_000,
+            throws=(PermanentError,),
+        )(ingest_batch)
         self.deliver = dramatiq.actor(
             broker=broker,
             actor_name="deliver_reminder",

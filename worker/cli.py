@@ -24,25 +24,31 @@ if TYPE_CHECKING:
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
-    from .events import parse_event
+    from .events import parse_event_json
+    from .publish import send_batches
     from .runtime import get_runtime
 
     stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     rt = get_runtime()
     good = bad = 0
+    pending: list[str] = []
     with stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
             try:
-                event = parse_event(line)
+                _, text = parse_event_json(line.strip())
             except InvalidEvent as exc:
                 bad += 1
                 for field, message in exc.errors:
                     print(f"{args.file}:{number}: {field or '(event)'}: {message}", file=sys.stderr)
                 continue
-            rt.actors.ingest.send(event.model_dump_json())
+            pending.append(text)
             good += 1
+            if len(pending) >= rt.settings.ingest_batch_size:
+                send_batches(rt, pending)
+                pending.clear()
+    send_batches(rt, pending)
     print(f"enqueued {good} event(s), rejected {bad}")
     if rt.settings.embedded:
         print("note: REDIS_URL is not set, so these went to an in-process queue that ends with this command")

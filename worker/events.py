@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import zoneinfo
-from datetime import date, datetime
+from collections.abc import Mapping
+from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+import email_validator
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -23,6 +25,7 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
 )
+from pydantic_core import to_json
 
 from .errors import InvalidEvent
 
@@ -50,6 +53,7 @@ __all__ = [
     "ServicesEndedData",
     "event_json_schema",
     "parse_event",
+    "parse_event_json",
 ]
 
 CONTRACT_VERSION = 1
@@ -82,9 +86,67 @@ def _email(value: str, info: ValidationInfo) -> str:
     return _normalized_email(value)
 
 
+# RFC 5322 dot-atom of plain ASCII: email-validator accepts such a local part as it is.
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_ASCII_HOST = re.compile(r"[A-Za-z0-9.-]+")
+_EMAIL_MAX_LENGTH = 254
+# Local parts that email-validator lowercases (RFC 2142); left to the full check.
+_CASE_INSENSITIVE_MAILBOXES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
+
+
 @lru_cache(maxsize=65_536)
 def _normalized_email(value: str) -> str:
-    # The same few addresses (renewal managers, partner users) recur in most events.
+    # The same few addresses (renewal managers, partner users) recur in most events, hence the
+    # cache. Checking the domain is most of email-validator's cost (Unicode tables in pure
+    # Python), and each client brings a new one: a plain ASCII address is checked here as a plain
+    # local part and a plain domain, which email-validator returns unchanged (tests/test_events.py
+    # holds this to email-validator's own answer); anything else goes to email-validator.
+    local, at, host = value.partition("@")
+    if (
+        at
+        and len(value) <= _EMAIL_MAX_LENGTH
+        and _PLAIN_LOCAL.fullmatch(local)
+        and _ASCII_HOST.fullmatch(host)
+        and local.lower() not in _CASE_INSENSITIVE_MAILBOXES
+    ):
+        domain = host if _is_plain_host(host) else _checked_ascii_domain(host)
+        if domain is not None:
+            return f"{local}@{domain}"
+    return _checked_email(value)
+
+
+# Lowercase letters, digits and inner hyphens, labels of at most 63, a top-level label that ends
+# in a letter: what email-validator returns unchanged. "--" anywhere is left to it (Punycode).
+_PLAIN_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:[a-z0-9][a-z0-9-]{0,61})?[a-z]")
+_DOMAIN_MAX_LENGTH = 253
+
+
+def _is_plain_host(host: str) -> bool:
+    """A common domain that needs none of email-validator's Unicode work; each one is new per client."""
+    if len(host) > _DOMAIN_MAX_LENGTH or "--" in host or not _PLAIN_HOST.fullmatch(host):
+        return False
+    # Read at each call: email-validator documents this list as the one to change.
+    return not _special_use(tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)).search(host)
+
+
+@lru_cache(maxsize=4)
+def _special_use(names: tuple[str, ...]) -> re.Pattern[str]:
+    """Matches a domain that is one of ``names`` or inside one."""
+    return re.compile(r"(?:^|\.)(?:" + "|".join(re.escape(name) for name in names) + r")\Z")
+
+
+@lru_cache(maxsize=16_384)
+def _checked_ascii_domain(host: str) -> str | None:
+    """The normalized domain when it stays plain ASCII (no Punycode), else None for the full check."""
+    try:
+        checked = validate_email(f"a@{host}", check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        return None
+    domain = str(checked.domain)
+    return domain if domain == host.lower() else None
+
+
+def _checked_email(value: str) -> str:
     try:
         checked = validate_email(value, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
@@ -302,21 +364,27 @@ def _message(err: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _json_default(value: object) -> str:
-    # Lets Python producers pass Decimal, date and datetime values; floats stay floats and are refused.
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def parse_event(raw: str | bytes | dict[str, Any]) -> Event:
     """Validate one event, raising InvalidEvent with one entry per bad field."""
+    return parse_event_json(raw)[0]
+
+
+def parse_event_json(raw: str | bytes | Mapping[str, Any]) -> tuple[Event, str]:
+    """Validate one event and return it with the JSON text it was read from.
+
+    Producers put that text on the queue as it is: serializing the parsed model again would
+    cost as much as reading it, and the worker validates (and normalizes) it anyway.
+    """
     try:
-        if isinstance(raw, dict):
-            raw = json.dumps(raw, default=_json_default)
-        return _EVENT_ADAPTER.validate_json(raw)
+        if isinstance(raw, Mapping):
+            # pydantic's serializer, several times faster than json.dumps, writes Decimal, date and
+            # datetime values as strings; floats stay floats (and money as a float is refused).
+            text = to_json(raw if isinstance(raw, dict) else dict(raw)).decode()
+        elif isinstance(raw, bytes):
+            text = raw.decode("utf-8")
+        else:
+            text = raw
+        return _EVENT_ADAPTER.validate_json(text), text
     except ValidationError as exc:
         errors = []
         for err in exc.errors(include_url=False):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -27,7 +27,7 @@ from .events import (
     RenewalUpdated,
 )
 from .keys import SEP, Keys
-from .scripts import LuaScript
+from .scripts import LuaScript, run_pipeline
 
 __all__ = [
     "ApplyOutcome",
@@ -158,6 +158,38 @@ class Store:
         An applied event also marks what it touched (a renewal, a client's renewals, a partner's
         renewals) in the dirty set, which planning drains in batches (Planning.flush).
         """
+        keys, args = self._apply_call(event, now_ms=micros(now or datetime.now(UTC)) // 1000)
+        try:
+            outcome = self._apply(keys=keys, args=args)
+        except redis.ConnectionError as exc:
+            raise TransientError(f"Redis unavailable: {exc}") from exc
+        return _outcome(outcome)
+
+    def apply_many(self, events: Sequence[Event], *, now: datetime | None = None) -> list[ApplyOutcome]:
+        """Apply several valid events in one round trip; each outcome is what ``apply`` would return.
+
+        Each event is still its own atomic script, in the order given. If the round trip fails
+        part way, running it all again is safe: the events already applied come back duplicate.
+        """
+        if not events:
+            return []
+        now_ms = micros(now or datetime.now(UTC)) // 1000
+        calls = [self._apply_call(event, now_ms=now_ms) for event in events]
+
+        def build(pipe: redis.client.Pipeline) -> None:
+            for keys, args in calls:
+                self._apply.queue(pipe, keys=keys, args=args)
+
+        try:
+            # On NOSCRIPT the whole pipeline runs again: safe, as the scripts that ran see their
+            # event ids as seen and change nothing.
+            outcomes = run_pipeline(self.redis, build, [self._apply])
+        except redis.ConnectionError as exc:
+            raise TransientError(f"Redis unavailable: {exc}") from exc
+        return [_outcome(outcome) for outcome in outcomes]
+
+    def _apply_call(self, event: Event, *, now_ms: int) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the apply script for one event."""
         k = self.keys
         pid = event.partner_id
         record: str
@@ -193,21 +225,26 @@ class Store:
             dirty = dirty_member("client", pid, event.data.client_id)
         if mode == "set":
             data = event.data.model_dump_json()
-        now_ms = micros(now or datetime.now(UTC)) // 1000
         keys = [k.seen(event.event_id), record, k.dirty(), k.event_stats(), *(key for key, _ in index)]
         args: list[Any] = [event.event_id, self.event_id_ttl_s, micros(event.occurred_at), mode, data, dirty, now_ms]
         args.extend(member for _, member in index)
-        try:
-            outcome = self._apply(keys=keys, args=args)
-        except redis.ConnectionError as exc:
-            raise TransientError(f"Redis unavailable: {exc}") from exc
-        return outcome.decode() if isinstance(outcome, bytes) else outcome  # type: ignore[no-any-return]
+        return keys, args
 
     def add_dead_letter(self, raw: str, reason: str, errors: Iterable[tuple[str, str]], *, now: datetime) -> None:
-        entry = {"received_at": now.isoformat(), "reason": reason, "errors": list(errors), "raw": raw}
+        self.add_dead_letters([(raw, reason, list(errors))], now=now)
+
+    def add_dead_letters(self, rejected: Sequence[tuple[str, str, list[tuple[str, str]]]], *, now: datetime) -> None:
+        """Keep each ``(raw, reason, errors)`` as its own dead letter, in order, in one round trip."""
+        if not rejected:
+            return
+        received_at = now.isoformat()
+        entries = [
+            json.dumps({"received_at": received_at, "reason": reason, "errors": errors, "raw": raw})
+            for raw, reason, errors in rejected
+        ]
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(self.keys.dead_letters(), json.dumps(entry))
-            pipe.incr(self.keys.dead_letter_count())
+            pipe.lpush(self.keys.dead_letters(), *entries)
+            pipe.incrby(self.keys.dead_letter_count(), len(entries))
             pipe.ltrim(self.keys.dead_letters(), 0, self.dead_letter_max - 1)
             pipe.execute()
 
@@ -266,6 +303,10 @@ class Store:
             else self.keys.client_renewals(partner_id, client_id)
         )
         return sorted(m.decode() for m in self.redis.smembers(key))
+
+
+def _outcome(reply: bytes | str) -> ApplyOutcome:
+    return reply.decode() if isinstance(reply, bytes) else reply  # type: ignore[return-value]
 
 
 def parse_stored(cls: type[M], raw: bytes | None) -> M | None:
