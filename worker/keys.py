@@ -19,8 +19,9 @@ def key_part(value: str) -> str:
 class Keys:
     prefix: str = "rw"
 
-    def seen(self, event_id: str) -> str:
-        return f"{self.prefix}:seen:{key_part(event_id)}"
+    def seen(self, slice_ms: int, index: int) -> str:
+        """Set of the event ids applied (or refused) during one time slice of ``slice_ms``, the ``index``-th."""
+        return f"{self.prefix}:seen:{slice_ms}:{index}"
 
     def partners(self) -> str:
         return f"{self.prefix}:partners"
@@ -28,11 +29,9 @@ class Keys:
     def partner(self, partner_id: str) -> str:
         return f"{self.prefix}:p:{key_part(partner_id)}"
 
-    def partner_clients(self, partner_id: str) -> str:
-        return f"{self.prefix}:p:{key_part(partner_id)}:clients"
-
-    def partner_renewals(self, partner_id: str) -> str:
-        return f"{self.prefix}:p:{key_part(partner_id)}:renewals"
+    def renewals_by_client(self, partner_id: str) -> str:
+        """Hash: each client id of a partner -> the ids of the renewals ever stored for it, SEP-joined."""
+        return f"{self.prefix}:p:{key_part(partner_id)}:renewals-by-client"
 
     def client(self, partner_id: str, client_id: str) -> str:
         return f"{self.prefix}:p:{key_part(partner_id)}:c:{key_part(client_id)}"
@@ -42,9 +41,6 @@ class Keys:
 
     def ended(self, partner_id: str, client_id: str) -> str:
         return f"{self.client(partner_id, client_id)}:ended"
-
-    def client_renewals(self, partner_id: str, client_id: str) -> str:
-        return f"{self.client(partner_id, client_id)}:renewals"
 
     def renewal(self, partner_id: str, renewal_id: str) -> str:
         return f"{self.prefix}:p:{key_part(partner_id)}:r:{key_part(renewal_id)}"
@@ -57,8 +53,14 @@ class Keys:
         return f"{self.renewal(partner_id, renewal_id)}:lease:{key_part(reminder_id)}"
 
     def planned(self, partner_id: str, renewal_id: str) -> str:
-        """Set of due-index members currently planned for one renewal (so a re-plan can replace them)."""
+        """No longer written (plans are replaced through ``planned_reminder_ids``); the ledger's finish
+        script still removes a finished reminder from it, which is a no-op on a key that is never there."""
         return f"{self.renewal(partner_id, renewal_id)}:planned"
+
+    def planned_reminder_ids(self) -> str:
+        """Set of every reminder id ever put in the due index: a re-plan removes each of them for its
+        renewal, so it replaces exactly the previous plan with no bookkeeping per renewal."""
+        return f"{self.prefix}:plan:reminder-ids"
 
     def dirty(self) -> str:
         """Sorted set of what must be re-planned (renewal, client or partner), by when it was marked."""
