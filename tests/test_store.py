@@ -27,24 +27,39 @@ def test_a_repeated_event_id_is_ignored(store):
     assert apply(store, raw) == "duplicate"
 
 
-def test_event_ids_are_remembered_for_the_configured_time(store, fake_redis):
+def test_a_repeat_of_the_event_a_record_was_last_written_by_stays_a_duplicate_past_the_configured_time(store):
     now = datetime.now(UTC)
-    event = parse_event(partner_updated(event_id="e-ttl"))
+    event = parse_event(partner_updated(event_id="e-latest"))
     assert store.apply(event, now=now) == "applied"
-    assert store.apply(event, now=now + timedelta(seconds=59.9)) == "duplicate"
+    assert store.apply(event, now=now + timedelta(days=365)) == "duplicate"
+
+
+def test_a_superseded_event_id_is_remembered_for_the_configured_time(store, fake_redis):
+    now = datetime.now(UTC)
+    first = parse_event(partner_updated(event_id="e-first", at="2026-12-01T00:00:00Z"))
+    assert store.apply(first, now=now) == "applied"
+    assert fake_redis.keys("t:seen:*") == []
+    assert apply(store, partner_updated(event_id="e-second", at="2026-12-02T00:00:00Z")) == "applied"
+    assert store.apply(first, now=now + timedelta(seconds=59.9)) == "duplicate"
     slices = fake_redis.keys("t:seen:*")
     assert len(slices) == 1
-    assert 60_000 < fake_redis.pttl(slices[0]) <= 60_000 * 9 / 8
+    assert 50_000 < fake_redis.pttl(slices[0]) <= 60_000 * 9 / 8
     # Forgotten at most an eighth later than configured (one slice of the sets holding the ids);
-    # a repeat then is still ignored, by the stamp of the record it wrote.
-    assert store.apply(event, now=now + timedelta(seconds=60 * 9 / 8 + 0.1)) == "stale"
+    # a repeat then is still ignored, as older than the record.
+    assert store.apply(first, now=now + timedelta(seconds=60 * 9 / 8 + 0.1)) == "stale"
 
 
-def test_event_ids_are_remembered_in_a_few_sets_not_a_key_each(store, fake_redis):
-    now = datetime.now(UTC)
+def test_a_refused_event_id_is_remembered_too(store):
+    apply(store, client_updated(at="2026-12-02T00:00:00Z"))
+    older = client_updated(at="2026-12-01T00:00:00Z", event_id="e-older")
+    assert apply(store, older) == "stale"
+    assert apply(store, older) == "duplicate"
+
+
+def test_storing_a_backlog_remembers_no_event_id_beyond_each_record_s_own_stamp(store, fake_redis):
     for n in range(50):
-        store.apply(parse_event(partner_updated(event_id=f"e{n}", at=f"2026-12-01T00:00:{n:02d}Z")), now=now)
-    assert len(fake_redis.keys("t:seen:*")) == 1
+        apply(store, renewal_updated(event_id=f"e{n}", renewal_id=f"r{n}"))
+    assert fake_redis.keys("t:seen:*") == []
 
 
 def test_an_older_event_is_stale_and_the_newest_state_wins(store):

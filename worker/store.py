@@ -50,35 +50,46 @@ M = TypeVar("M", bound=BaseModel)
 # an older state behind, and no applied change can miss its re-plan. Ties on occurred_at are
 # broken by event id, so every worker converges on the same state. Records are laid out as
 # worker/records.py says; a removal keeps the last payload (what the renewal was) and sets the flag.
-# Event ids are remembered in sets, one per time slice, rather than one key each: a key with a
-# TTL costs three times what a set member does. The slices checked cover the configured time.
+# A repeat of the event a record was last written by is found by the record's own stamp, for as
+# long as it is the latest; so only the ids of events that were superseded or refused need
+# remembering, in sets, one per time slice (a key with a TTL each costs three times a set member).
 _APPLY = """
 -- KEYS: record, dirty, stats, partners, renewals by client, seen slices (the current one first)
 -- ARGV: event_id, ts, mode, payload, dirty member, now_ms, current slice's TTL (ms), partner id,
 --       client id to index ('' = none), renewal id to index under it ('' = none)
 local SEP = '\\31'
-local function done(outcome)
-  redis.call('SADD', KEYS[6], ARGV[1])
+local function remember(event_id)
+  redis.call('SADD', KEYS[6], event_id)
   redis.call('PEXPIRE', KEYS[6], ARGV[7])
+end
+local function done(outcome)
   redis.call('HINCRBY', KEYS[3], outcome, 1)
   return outcome
 end
-for i = 6, #KEYS do
-  if redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then
-    redis.call('HINCRBY', KEYS[3], 'duplicate', 1)
-    return 'duplicate'
-  end
-end
 local mode = ARGV[3]
 local cur = redis.call('GET', KEYS[1])
+local cts, ceid, old
+if cur then
+  cts, ceid, old = string.match(cur, '^(%d+)\\31([^\\31]*)\\31[01]\\31(.*)$')
+  if ceid == ARGV[1] then return done('duplicate') end
+end
+for i = 6, #KEYS do
+  if redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then return done('duplicate') end
+end
 local payload = ARGV[4]
 if cur then
-  if mode == 'final' then return done('already_ended') end
-  local cts, ceid, _, old = string.match(cur, '^(%d+)\\31([^\\31]*)\\31([01])\\31(.*)$')
+  if mode == 'final' then
+    remember(ARGV[1])
+    return done('already_ended')
+  end
   local nts = tonumber(ARGV[2])
   cts = tonumber(cts)
-  if nts < cts or (nts == cts and ARGV[1] <= ceid) then return done('stale') end
+  if nts < cts or (nts == cts and ARGV[1] < ceid) then
+    remember(ARGV[1])
+    return done('stale')
+  end
   if mode == 'remove' then payload = old end
+  remember(ceid)
 end
 redis.call('SET', KEYS[1], ARGV[2] .. SEP .. ARGV[1] .. SEP .. (mode == 'remove' and '1' or '0') .. SEP .. payload)
 redis.call('SADD', KEYS[4], ARGV[8])
@@ -95,7 +106,8 @@ redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
 return done('applied')
 """
 
-# Event ids are remembered for at least the configured time and at most 1/_SEEN_SLICES longer.
+# Ids are remembered (from when an event is superseded or refused) for at least the configured
+# time and at most 1/_SEEN_SLICES longer.
 _SEEN_SLICES = 8
 
 
