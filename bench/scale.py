@@ -23,7 +23,7 @@ import redis
 
 from worker import publish_many
 from worker.actors import EVENTS_QUEUE
-from worker.keys import Keys
+from worker.keys import CLIENT_BUCKETS, Keys
 from worker.ledger import due_member
 from worker.runtime import Runtime, build_runtime
 from worker.schedule import from_epoch_ms
@@ -114,7 +114,7 @@ def memory_breakdown(client: redis.Redis, key_names: Keys, pop: Population) -> d
         "planned reminder ids (set)": ("plans", [k.planned_reminder_ids()], 1),
         "partners' renewals-by-client hashes": (
             "state",
-            [k.renewals_by_client(pid) for pid in partner_ids],
+            [k.renewals_by_client_bucket(pid, bucket) for pid in partner_ids for bucket in range(CLIENT_BUCKETS)],
             pop.renewals,
         ),
         "partners set": ("state", [k.partners()], pop.partners),

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-__all__ = ["SEP", "Keys", "key_part"]
+__all__ = ["CLIENT_BUCKETS", "SEP", "Keys", "key_part"]
 
 # Joins ids inside set members; ids never hold control characters (the contract refuses them).
 SEP = "\x1f"
+
+# A partner's clients are spread over this many small hashes, so that each stays a listpack (at
+# most hash-max-listpack-entries, 512, fields: up to some 130,000 clients a partner) at about 20
+# bytes a client, where one large hash is a hashtable at about 50.
+CLIENT_BUCKETS = 256
 
 
 def key_part(value: str) -> str:
@@ -29,9 +35,13 @@ class Keys:
     def partner(self, partner_id: str) -> str:
         return f"{self.prefix}:p:{key_part(partner_id)}"
 
-    def renewals_by_client(self, partner_id: str) -> str:
-        """Hash: each client id of a partner -> the ids of the renewals ever stored for it, SEP-joined."""
-        return f"{self.prefix}:p:{key_part(partner_id)}:renewals-by-client"
+    def renewals_by_client(self, partner_id: str, client_id: str) -> str:
+        """Hash: client id -> the ids of the renewals ever stored for it, SEP-joined; one of the
+        partner's ``CLIENT_BUCKETS`` hashes, chosen by the client id's CRC-32."""
+        return self.renewals_by_client_bucket(partner_id, zlib.crc32(client_id.encode()) % CLIENT_BUCKETS)
+
+    def renewals_by_client_bucket(self, partner_id: str, bucket: int) -> str:
+        return f"{self.prefix}:p:{key_part(partner_id)}:renewals-by-client:{bucket}"
 
     def client(self, partner_id: str, client_id: str) -> str:
         return f"{self.prefix}:p:{key_part(partner_id)}:c:{key_part(client_id)}"

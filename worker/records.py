@@ -1,14 +1,16 @@
 """How a record is stored: one Redis string, a header the Lua scripts read, then the model deflated.
 
-``<ts> SEP <event id> SEP <removed: 0|1> SEP <payload>``: ``ts`` (microseconds) and the event id
-are the stamp of the event that wrote the record, which the apply script compares against and a
-plan write checks is unchanged. The payload is the model's JSON, raw-deflated against a fixed
-dictionary of its field names. A string costs far less than a hash here: one value longer than
+``<ts> SEP <event id> SEP <removed: 0|1><payload>``: ``ts`` (microseconds since the epoch, base
+36: Lua's ``tonumber(ts, 36)`` reads it) and the event id are the stamp of the event that wrote
+the record, which the apply script compares against and a plan write checks is unchanged. The
+payload is the model's JSON, raw-deflated against a fixed dictionary of its field names, or
+nothing. A string costs far less than a hash here: one value longer than
 ``hash-max-listpack-value`` (64 bytes) turns a whole hash into a hashtable.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,16 +21,15 @@ from pydantic import BaseModel
 from .events import TRUSTED, ClientData, OwnerData, PartnerData, RenewalData
 from .keys import SEP
 
-__all__ = ["StoredRecord", "decode_payload", "encode_payload", "read_record"]
+__all__ = ["StoredRecord", "decode_payload", "encode_payload", "read_record", "ts_text"]
 
 M = TypeVar("M", bound=BaseModel)
 
 _SEP = SEP.encode()
 
-# The payload's first byte says how it was written. Format 1: the model's JSON, raw deflate,
-# against the dictionary below. A dictionary must never change once records were written with
-# it (they would no longer inflate): a better one gets a new format byte, next to this one.
-_FORMAT_1 = b"\x01"
+# The removed flag (0 or 1) also names this layout and its payload format: the model's JSON, raw
+# deflate, against the dictionary below. A dictionary must never change once records were written
+# with it (they would no longer inflate): a better one needs flags of its own, next to these.
 _DICTIONARIES_1: dict[type[BaseModel], bytes] = {
     PartnerData: (
         b'{"name":"","default_owner":"partner","notify_user":null,"locale":"en","timezone":"UTC",'
@@ -63,37 +64,51 @@ class StoredRecord:
 
     @property
     def stamp(self) -> str:
-        return f"{self.ts}{SEP}{self.event_id}"
+        return f"{ts_text(self.ts)}{SEP}{self.event_id}"
 
     @property
     def updated_at(self) -> datetime:
         return datetime.fromtimestamp(self.ts // 1_000_000, tz=UTC).replace(microsecond=self.ts % 1_000_000)
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_TS = re.compile(rb"[0-9a-z]{1,12}")
+
+
+def ts_text(ts: int) -> str:
+    """A non-negative timestamp in base 36, as the header holds it (11 characters, not 16 digits)."""
+    if ts < 0:
+        raise ValueError(f"a stored timestamp cannot be negative: {ts}")
+    text = ""
+    while True:
+        ts, digit = divmod(ts, 36)
+        text = _DIGITS[digit] + text
+        if not ts:
+            return text
+
+
 def read_record(raw: bytes | None) -> StoredRecord | None:
     """Split a stored record; anything not in this layout raises ``ValueError`` rather than be misread."""
     if raw is None:
         return None
-    parts = raw.split(_SEP, 3)
-    if len(parts) != 4 or not parts[0].isdigit() or parts[2] not in (b"0", b"1"):
+    parts = raw.split(_SEP, 2)
+    if len(parts) != 3 or not _TS.fullmatch(parts[0]) or parts[2][:1] not in (b"0", b"1"):
         raise ValueError(f"not a stored record in the current layout: {raw[:40]!r}")
-    return StoredRecord(int(parts[0]), parts[1].decode(), parts[2] == b"1", parts[3])
+    return StoredRecord(int(parts[0], 36), parts[1].decode(), parts[2][:1] == b"1", parts[2][1:])
 
 
 def encode_payload(model: BaseModel) -> bytes:
     deflate = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 8, zlib.Z_DEFAULT_STRATEGY, _DICTIONARIES_1[type(model)])
-    return _FORMAT_1 + deflate.compress(model.model_dump_json().encode()) + deflate.flush()
+    return deflate.compress(model.model_dump_json().encode()) + deflate.flush()
 
 
 def decode_payload(cls: type[M], payload: bytes) -> M | None:
     """The model in a payload (None when empty); it was validated on the way in, so costly checks are skipped."""
     if not payload:
         return None
-    if payload[:1] != _FORMAT_1:
-        raise ValueError(f"unknown stored payload format {payload[:1]!r} for {cls.__name__}")
     inflate = zlib.decompressobj(_WBITS, _DICTIONARIES_1[cls])
     try:
-        text = inflate.decompress(payload[1:]) + inflate.flush()
+        text = inflate.decompress(payload) + inflate.flush()
     except zlib.error as exc:
         raise ValueError(f"corrupt stored {cls.__name__}: {exc}") from None
     if not inflate.eof or inflate.unused_data:

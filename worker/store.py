@@ -25,8 +25,8 @@ from .events import (
     RenewalRemoved,
     RenewalUpdated,
 )
-from .keys import SEP, Keys
-from .records import StoredRecord, decode_payload, encode_payload, read_record
+from .keys import CLIENT_BUCKETS, SEP, Keys
+from .records import StoredRecord, decode_payload, encode_payload, read_record, ts_text
 from .scripts import LuaScript
 
 __all__ = [
@@ -70,7 +70,7 @@ local mode = ARGV[3]
 local cur = redis.call('GET', KEYS[1])
 local cts, ceid, old
 if cur then
-  cts, ceid, old = string.match(cur, '^(%d+)\\31([^\\31]*)\\31[01]\\31(.*)$')
+  cts, ceid, old = string.match(cur, '^(%w+)\\31([^\\31]*)\\31[01](.*)$')
   if ceid == ARGV[1] then return done('duplicate') end
 end
 for i = 6, #KEYS do
@@ -82,8 +82,8 @@ if cur then
     remember(ARGV[1])
     return done('already_ended')
   end
-  local nts = tonumber(ARGV[2])
-  cts = tonumber(cts)
+  local nts = tonumber(ARGV[2], 36)
+  cts = tonumber(cts, 36)
   if nts < cts or (nts == cts and ARGV[1] < ceid) then
     remember(ARGV[1])
     return done('stale')
@@ -91,7 +91,7 @@ if cur then
   if mode == 'remove' then payload = old end
   remember(ceid)
 end
-redis.call('SET', KEYS[1], ARGV[2] .. SEP .. ARGV[1] .. SEP .. (mode == 'remove' and '1' or '0') .. SEP .. payload)
+redis.call('SET', KEYS[1], ARGV[2] .. SEP .. ARGV[1] .. SEP .. (mode == 'remove' and '1' or '0') .. payload)
 redis.call('SADD', KEYS[4], ARGV[8])
 local cid, rid = ARGV[9], ARGV[10]
 if cid ~= '' then
@@ -213,10 +213,10 @@ class Store:
             payload = encode_payload(event.data)
         now_ms = micros(now or datetime.now(UTC)) // 1000
         seen, seen_ttl_ms = self._seen_slices(now_ms)
-        keys = [record, k.dirty(), k.event_stats(), k.partners(), k.renewals_by_client(pid), *seen]
+        keys = [record, k.dirty(), k.event_stats(), k.partners(), k.renewals_by_client(pid, indexed_client), *seen]
         args: list[Any] = [
             event.event_id,
-            micros(event.occurred_at),
+            ts_text(micros(event.occurred_at)),
             mode,
             payload,
             dirty,
@@ -295,12 +295,20 @@ class Store:
         return sorted(m.decode() for m in self.redis.smembers(self.keys.partners()))
 
     def client_ids(self, partner_id: str) -> list[str]:
-        return sorted(m.decode() for m in self.redis.hkeys(self.keys.renewals_by_client(partner_id)))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in range(CLIENT_BUCKETS):
+                pipe.hkeys(self.keys.renewals_by_client_bucket(partner_id, bucket))
+            return sorted(m.decode() for keys in pipe.execute() for m in keys)
 
     def renewal_ids(self, partner_id: str, client_id: str | None = None) -> list[str]:
         """Renewal ids of a partner, or of one client (a superset: a renewal may have moved client)."""
-        key = self.keys.renewals_by_client(partner_id)
-        joined = self.redis.hvals(key) if client_id is None else [self.redis.hget(key, client_id) or b""]
+        if client_id is not None:
+            joined = [self.redis.hget(self.keys.renewals_by_client(partner_id, client_id), client_id) or b""]
+        else:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for bucket in range(CLIENT_BUCKETS):
+                    pipe.hvals(self.keys.renewals_by_client_bucket(partner_id, bucket))
+                joined = [ids for values in pipe.execute() for ids in values]
         return sorted({rid for ids in joined for rid in ids.decode().split(SEP) if rid})
 
 
