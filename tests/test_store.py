@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 from factories import client_updated, owner_changed, partner_updated, renewal_removed, renewal_updated, services_ended
 
 from worker.events import parse_event
@@ -186,3 +187,49 @@ def test_every_apply_outcome_is_counted(store):
     apply(store, services_ended())
     apply(store, services_ended())
     assert store.event_stats() == {"applied": 2, "duplicate": 1, "stale": 1, "already_ended": 1, "dead_lettered": 0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        (partner_updated(), lambda s: s.partner("p1")),
+        (client_updated(), lambda s: s.client_state("p1", "c1").client),
+        (owner_changed(owner="partner"), lambda s: s.client_state("p1", "c1").override),
+        (renewal_updated(), lambda s: s.renewal_state("p1", "r1").renewal),
+    ],
+)
+def test_every_record_reads_back_as_applied(store, raw, read):
+    assert apply(store, raw) == "applied"
+    assert read(store) == parse_event(raw).data
+
+
+def test_a_removed_renewal_keeps_what_it_was(store):
+    raw = renewal_updated(at="2026-12-01T00:00:00Z")
+    apply(store, raw)
+    apply(store, renewal_removed(at="2026-12-02T00:00:00Z"))
+    state = store.renewal_state("p1", "r1")
+    assert state.removed and state.renewal == parse_event(raw).data
+    assert state.updated_at == datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def test_a_record_in_another_layout_fails_loudly_rather_than_read_as_absent(store, fake_redis):
+    fake_redis.hset(store.keys.renewal("p1", "r1"), mapping={"ts": "1", "eid": "e", "data": "{}", "removed": "0"})
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.renewal_state("p1", "r1")
+    fake_redis.set(store.keys.client("p1", "c1"), '{"client_id": "c1"}')
+    with pytest.raises(ValueError, match="layout"):
+        store.client_state("p1", "c1")
+
+
+def test_renewal_ids_are_found_by_client_and_by_partner_across_the_index_hashes(store):
+    for n in range(300):
+        apply(store, client_updated(client_id=f"c{n}"))
+        apply(store, renewal_updated(renewal_id=f"r{n}", client_id=f"c{n}"))
+    apply(store, renewal_updated(renewal_id="r0", client_id="c1", at="2026-12-02T00:00:00Z"))  # moved client
+    apply(store, client_updated(client_id="c-alone"))
+    assert store.renewal_ids("p1", "c1") == ["r0", "r1"]  # a superset: r0 moved here from c0
+    assert store.renewal_ids("p1", "c0") == ["r0"]
+    assert store.renewal_ids("p1", "c-alone") == []
+    assert store.renewal_ids("p1") == sorted(f"r{n}" for n in range(300))
+    assert store.client_ids("p1") == sorted([f"c{n}" for n in range(300)] + ["c-alone"])
+    assert store.renewal_ids("p2") == [] and store.client_ids("p2") == []
