@@ -52,7 +52,7 @@ def test_a_record_is_a_fraction_of_its_json():
     assert len(encode_payload(data)) < len(data.model_dump_json()) / 2
 
 
-@pytest.mark.parametrize("ts", [0, 1, 35, 36, 1_796_303_452_148_248, 2**53 - 1])
+@pytest.mark.parametrize("ts", [0, 1, 35, 36, 1_796_303_452_148_248, 2**53 - 1, -1, -62_135_596_800_000_000])
 def test_stamps_are_base_36_and_read_back_exactly(ts):
     assert int(ts_text(ts), 36) == ts
     record = read_record(stored(ts, "e", True, b""))

@@ -71,6 +71,14 @@ def test_an_older_event_is_stale_and_the_newest_state_wins(store):
     assert state.client.domain == "new.com"
 
 
+def test_events_dated_before_1970_are_ordered_too(store):
+    apply(store, client_updated(at="1969-12-31T23:59:59Z", domain="first.com"))
+    assert apply(store, client_updated(at="1969-12-31T23:59:58Z", domain="older.com")) == "stale"
+    assert apply(store, client_updated(at="1970-01-01T00:00:00Z", domain="newer.com")) == "applied"
+    state = store.client_state("p1", "c1")
+    assert state.client is not None and state.client.domain == "newer.com"
+
+
 def test_occurred_at_is_compared_as_an_instant_across_offsets(store):
     apply(store, client_updated(at="2026-12-01T10:00:00+02:00", domain="first.com"))  # 08:00Z
     assert apply(store, client_updated(at="2026-12-01T09:00:00+00:00", domain="second.com")) == "applied"

@@ -1,7 +1,7 @@
 """How a record is stored: one Redis string, a header the Lua scripts read, then the model deflated.
 
 ``<ts> SEP <event id> SEP <removed: 0|1><payload>``: ``ts`` (microseconds since the epoch, base
-36: Lua's ``tonumber(ts, 36)`` reads it) and the event id are the stamp of the event that wrote
+36, read by the scripts' ``stamp_ts``) and the event id are the stamp of the event that wrote
 the record, which the apply script compares against and a plan write checks is unchanged. The
 payload is the model's JSON, raw-deflated against a fixed dictionary of its field names, or
 nothing. A string costs far less than a hash here: one value longer than
@@ -72,13 +72,13 @@ class StoredRecord:
 
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-_TS = re.compile(rb"[0-9a-z]{1,12}")
+_TS = re.compile(rb"-?[0-9a-z]{1,12}")
 
 
 def ts_text(ts: int) -> str:
-    """A non-negative timestamp in base 36, as the header holds it (11 characters, not 16 digits)."""
+    """A timestamp in base 36, as the header holds it (11 characters where decimal takes 16)."""
     if ts < 0:
-        raise ValueError(f"a stored timestamp cannot be negative: {ts}")
+        return "-" + ts_text(-ts)
     text = ""
     while True:
         ts, digit = divmod(ts, 36)

@@ -58,6 +58,10 @@ _APPLY = """
 -- ARGV: event_id, ts, mode, payload, dirty member, now_ms, current slice's TTL (ms), partner id,
 --       client id to index ('' = none), renewal id to index under it ('' = none)
 local SEP = '\\31'
+local function stamp_ts(text)  -- Lua 5.1's tonumber(text, 36) takes no sign
+  if string.sub(text, 1, 1) == '-' then return -tonumber(string.sub(text, 2), 36) end
+  return tonumber(text, 36)
+end
 local function remember(event_id)
   redis.call('SADD', KEYS[6], event_id)
   redis.call('PEXPIRE', KEYS[6], ARGV[7])
@@ -70,7 +74,7 @@ local mode = ARGV[3]
 local cur = redis.call('GET', KEYS[1])
 local cts, ceid, old
 if cur then
-  cts, ceid, old = string.match(cur, '^(%w+)\\31([^\\31]*)\\31[01](.*)$')
+  cts, ceid, old = string.match(cur, '^(-?%w+)\\31([^\\31]*)\\31[01](.*)$')
   if ceid == ARGV[1] then return done('duplicate') end
 end
 for i = 6, #KEYS do
@@ -82,8 +86,8 @@ if cur then
     remember(ARGV[1])
     return done('already_ended')
   end
-  local nts = tonumber(ARGV[2], 36)
-  cts = tonumber(cts, 36)
+  local nts = stamp_ts(ARGV[2])
+  cts = stamp_ts(cts)
   if nts < cts or (nts == cts and ARGV[1] < ceid) then
     remember(ARGV[1])
     return done('stale')
