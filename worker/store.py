@@ -183,6 +183,15 @@ class Store:
         An applied event also marks what it touched (a renewal, a client's renewals, a partner's
         renewals) in the dirty set, which planning drains in batches (Planning.flush).
         """
+        keys, args = self._apply_call(event, now_ms=micros(now or datetime.now(UTC)) // 1000)
+        try:
+            outcome = self._apply(keys=keys, args=args)
+        except redis.ConnectionError as exc:
+            raise TransientError(f"Redis unavailable: {exc}") from exc
+        return outcome.decode() if isinstance(outcome, bytes) else outcome  # type: ignore[no-any-return]
+
+    def _apply_call(self, event: Event, *, now_ms: int) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the apply script for one event."""
         k = self.keys
         pid = event.partner_id
         record: str
@@ -215,7 +224,6 @@ class Store:
             indexed_client = event.data.client_id
         if mode == "set":
             payload = encode_payload(event.data)
-        now_ms = micros(now or datetime.now(UTC)) // 1000
         seen, seen_ttl_ms = self._seen_slices(now_ms)
         keys = [record, k.dirty(), k.event_stats(), k.partners(), k.renewals_by_client(pid, indexed_client), *seen]
         args: list[Any] = [
@@ -230,11 +238,7 @@ class Store:
             indexed_client,
             indexed_renewal,
         ]
-        try:
-            outcome = self._apply(keys=keys, args=args)
-        except redis.ConnectionError as exc:
-            raise TransientError(f"Redis unavailable: {exc}") from exc
-        return outcome.decode() if isinstance(outcome, bytes) else outcome  # type: ignore[no-any-return]
+        return keys, args
 
     def _seen_slices(self, now_ms: int) -> tuple[list[str], int]:
         """The sets of event ids to check (the current slice first) and how long the current one must live.
