@@ -45,9 +45,8 @@ def stored_count(rt: Runtime, pop: Population) -> int:
     with rt.redis.pipeline(transaction=False) as pipe:
         for pid in partner_ids:
             pipe.exists(k.partner(pid))
-            pipe.scard(k.partner_clients(pid))
-            pipe.scard(k.partner_renewals(pid))
-        return sum(int(v) for v in pipe.execute())
+        found = sum(int(v) for v in pipe.execute())
+    return found + sum(len(rt.store.client_ids(pid)) + len(rt.store.renewal_ids(pid)) for pid in partner_ids)
 
 
 def run_ingest(

@@ -207,20 +207,47 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     scale = results.get("scale")
     if scale:
         mem = scale.get("redis_memory", {})
+        pop = scale.get("population", {})
+        who = ""
+        if pop:
+            who = f" ({pop.get('renewals', 0):,} renewals, {pop.get('clients', 0):,} clients"
+            who += f", {pop.get('partners', 0)} partners)"
         rows.append(
             (
-                f"planning: {scale.get('planned_reminders', 0):,} reminders, Redis MB total (state + plans)",
+                f"planning: {scale.get('planned_reminders', 0):,} reminders{who}, Redis MB total (state + plans)",
                 f"{_fmt(mem.get('total_mb'))} ({_fmt(mem.get('state_mb'))} + {_fmt(mem.get('plans_mb'))})",
                 "",
             )
         )
         rows.append(
             (
-                "  bytes per reminder (all / plans only)",
-                f"{_fmt(mem.get('bytes_per_reminder'))} / {_fmt(mem.get('plan_bytes_per_reminder'))}",
+                "  Redis MB per 1,000,000 reminders, total (state + plans)",
+                f"{_fmt(mem.get('bytes_per_reminder'))} ({_fmt(mem.get('state_bytes_per_reminder'))}"
+                f" + {_fmt(mem.get('plan_bytes_per_reminder'))})",
                 "",
             )
         )
+        keyed = scale.get("memory_by_key_kind_per_million_reminders")
+        if keyed:
+            rows.append(
+                (
+                    "  the same from MEMORY USAGE per kind of key",
+                    f"{_fmt(keyed.get('total_mb'))} ({_fmt(keyed.get('state_mb'))} + {_fmt(keyed.get('plans_mb'))})",
+                    "",
+                )
+            )
+        for name, row in scale.get("memory_by_key_kind", {}).items():
+            if "part" in row:
+                value = f"{_fmt(row.get('bytes_each'))} B x {row.get('count', 0):,} = {_fmt(row.get('mb'))} MB"
+                rows.append((f"    {name} ({row['part']})", value, ""))
+        if "pending_marks_after_ingest_mb" in mem:
+            rows.append(
+                (
+                    "  re-plan marks after ingest, until the scheduler drains them (MB)",
+                    _fmt(mem.get("pending_marks_after_ingest_mb")),
+                    "",
+                )
+            )
         replan = scale.get("replan_all", {})
         done = (
             ""

@@ -23,7 +23,7 @@ import redis
 
 from worker import publish_many
 from worker.actors import EVENTS_QUEUE
-from worker.keys import Keys
+from worker.keys import CLIENT_BUCKETS, Keys
 from worker.ledger import due_member
 from worker.runtime import Runtime, build_runtime
 from worker.schedule import from_epoch_ms
@@ -38,6 +38,7 @@ from .seed import forget_marks, pending_marks, seed_parallel
 __all__ = [
     "changed_rules",
     "memory_breakdown",
+    "memory_summary",
     "run_replan_all",
     "run_scale",
     "scale_population",
@@ -81,57 +82,73 @@ def _used_memory(ctx: BenchContext) -> int:
     return int(ctx.redis.info("memory")["used_memory"])
 
 
-def memory_breakdown(client: redis.Redis, key_names: Keys, pop: Population) -> dict[str, dict[str, float]]:
-    """Bytes per kind of key: MEMORY USAGE of a sample of each, times how many there are."""
+def memory_breakdown(client: redis.Redis, key_names: Keys, pop: Population) -> dict[str, dict[str, Any]]:
+    """Bytes per kind of key, each marked as part of the plans or of the state.
+
+    Records: MEMORY USAGE of a sample, times how many there are (one client per renewal here).
+    Everything else is measured whole: the due index, the set of planned reminder ids, each
+    partner's renewals-by-client hash and the sets of seen event ids (a few per time slice, found
+    by their prefix). MEMORY USAGE leaves out Redis's own table of keys (some 8 to 16 bytes a key)
+    and the expiry table, so the sum is a little under the INFO used_memory difference.
+    """
     k = key_names
     step = max(1, pop.renewals // _SAMPLE)
     indices = list(range(0, pop.renewals, step))[:_SAMPLE]
     partner_ids = [pop.partner_id(j) for j in range(pop.partners)]
-    at = datetime.now(UTC)
-
-    def keys_of(i: int) -> dict[str, list[str]]:
-        pid, rid = pop.renewal_ref(i)
-        return {
-            "renewal record": [k.renewal(pid, rid)],
-            "renewal's planned set": [k.planned(pid, rid)],
-            "client record": [k.client(pid, f"c{i}")],
-            "client's renewals set": [k.client_renewals(pid, f"c{i}")],
-            "seen event ids (client and renewal)": [
-                k.seen(pop.client_event(i, at=at)["event_id"]),
-                k.seen(pop.renewal_event(i, at=at)["event_id"]),
-            ],
-        }
-
-    samples = [keys_of(i) for i in indices]
-    with client.pipeline(transaction=False) as pipe:
-        for sample in samples:
-            for keys in sample.values():
-                for key in keys:
-                    pipe.memory_usage(key)
-        sizes = iter(pipe.execute())
-    totals: dict[str, int] = {}
-    for sample in samples:
-        for name, keys in sample.items():
-            totals[name] = totals.get(name, 0) + sum(next(sizes) or 0 for _ in keys)
-    out: dict[str, dict[str, float]] = {}
-    for name, total in totals.items():
-        per_one = total / len(samples)
-        total_mb = round(per_one * pop.renewals / 1e6, 1)
-        out[name] = {"bytes_each": round(per_one, 1), "count": pop.renewals, "mb": total_mb}
-    with client.pipeline(transaction=False) as pipe:
-        pipe.memory_usage(k.due(), samples=0)
-        for pid in partner_ids:
-            pipe.memory_usage(k.partner_renewals(pid), samples=0)
-            pipe.memory_usage(k.partner_clients(pid), samples=0)
-        exact = [v or 0 for v in pipe.execute()]
-    out["due index (sorted set)"] = {"bytes_each": exact[0], "count": 1, "mb": round(exact[0] / 1e6, 1)}
-    partner_sets = sum(exact[1:])
-    out["partners' renewal and client sets"] = {
-        "bytes_each": round(partner_sets / max(1, len(partner_ids)), 1),
-        "count": len(partner_ids),
-        "mb": round(partner_sets / 1e6, 1),
+    sampled = {
+        "renewal record": [k.renewal(*pop.renewal_ref(i)) for i in indices],
+        "client record": [k.client(pop.renewal_ref(i)[0], f"c{i}") for i in indices],
     }
+    with client.pipeline(transaction=False) as pipe:
+        for keys in sampled.values():
+            for key in keys:
+                pipe.memory_usage(key)
+        sizes = iter(pipe.execute())
+    out: dict[str, dict[str, Any]] = {}
+    for name, keys in sampled.items():
+        per_one = sum(next(sizes) or 0 for _ in keys) / len(keys)
+        out[name] = {"part": "state", "bytes_each": round(per_one, 1), "count": pop.renewals}
+    seen_keys = sorted(client.scan_iter(match=f"{k.prefix}:seen:*", count=1000))
+    whole = {
+        "due index (sorted set)": ("plans", [k.due()], client.zcard(k.due())),
+        "planned reminder ids (set)": ("plans", [k.planned_reminder_ids()], 1),
+        "partners' renewals-by-client hashes": (
+            "state",
+            [k.renewals_by_client_bucket(pid, bucket) for pid in partner_ids for bucket in range(CLIENT_BUCKETS)],
+            pop.renewals,
+        ),
+        "partners set": ("state", [k.partners()], pop.partners),
+        "seen event ids (sets per time slice)": ("state", seen_keys, 0),
+    }
+    with client.pipeline(transaction=False) as pipe:
+        for _, keys, _ in whole.values():
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+        for key in seen_keys:
+            pipe.scard(key)
+        replies = iter(pipe.execute())
+        totals = {name: sum(next(replies) or 0 for _ in keys) for name, (_, keys, _) in whole.items()}
+        seen_ids = sum(int(next(replies)) for _ in seen_keys)
+    for name, (part, _, count) in whole.items():
+        count = seen_ids if name.startswith("seen") else count
+        out[name] = {"part": part, "bytes_each": round(totals[name] / max(1, count), 1), "count": count}
+    for row in out.values():
+        row["mb"] = round(row["bytes_each"] * row["count"] / 1e6, 1)
     return out
+
+
+def memory_summary(breakdown: dict[str, dict[str, Any]], reminders: int) -> dict[str, float]:
+    """MB per 1,000,000 planned reminders by the key-kind breakdown: all, the plans' part, the state's."""
+    per_reminder = {
+        part: sum(row["bytes_each"] * row["count"] for row in breakdown.values() if row["part"] == part)
+        / max(1, reminders)
+        for part in ("plans", "state")
+    }
+    return {
+        "total_mb": round(per_reminder["plans"] + per_reminder["state"], 1),  # bytes per reminder = MB per million
+        "plans_mb": round(per_reminder["plans"], 1),
+        "state_mb": round(per_reminder["state"], 1),
+    }
 
 
 def _rss_mb(pid: int) -> float:
@@ -288,24 +305,38 @@ def run_scale(
 
         used_before = _used_memory(ctx)
         stored = _seed(ctx, pop, "store", processes=seed_processes)
+        marks_bytes = ctx.redis.memory_usage(rt.keys.dirty(), samples=0) or 0
+        # Planned just below, here: no scheduler is to plan them. In a steady state there are none;
+        # they are left out of the state's figure and reported apart.
+        marks_left = forget_marks(rt)
         used_stored = _used_memory(ctx)
         planned = _seed(ctx, pop, "plan", processes=seed_processes)
-        marks_bytes = ctx.redis.memory_usage(rt.keys.dirty(), samples=0) or 0
-        result["seed"] = {"store": stored, "plan": planned, "marks_left": forget_marks(rt)}
+        result["seed"] = {"store": stored, "plan": planned, "marks_left": marks_left}
         used_after = _used_memory(ctx)
         reminders = rt.due_index.size()
         result["planned_reminders"] = reminders
-        # Bytes per reminder is also MB per million reminders. The marks ingestion leaves until the
-        # scheduler has planned them are reported apart: in a steady state there are none.
+        result["population"] = {
+            "partners": pop.partners,
+            "clients": pop.renewals,
+            "renewals": pop.renewals,
+            "planned_reminders": reminders,
+        }
+        # INFO used_memory is the whole server's: another client of the same Redis moves it. Bytes
+        # per reminder is also MB per million reminders.
+        per_million = 1e6 / reminders if reminders else 0.0
         result["redis_memory"] = {
             "total_mb": round((used_after - used_before) / 1e6, 1),
             "state_mb": round((used_stored - used_before) / 1e6, 1),
             "plans_mb": round((used_after - used_stored) / 1e6, 1),
             "bytes_per_reminder": round((used_after - used_before) / reminders, 1) if reminders else None,
             "plan_bytes_per_reminder": round((used_after - used_stored) / reminders, 1) if reminders else None,
+            "state_bytes_per_reminder": round((used_stored - used_before) / reminders, 1) if reminders else None,
             "pending_marks_after_ingest_mb": round(marks_bytes / 1e6, 1),
+            "pending_marks_per_million_reminders_mb": round(marks_bytes * per_million / 1e6, 1),
         }
-        result["memory_by_key_kind"] = memory_breakdown(ctx.redis, rt.keys, pop)
+        breakdown = memory_breakdown(ctx.redis, rt.keys, pop)
+        result["memory_by_key_kind"] = breakdown
+        result["memory_by_key_kind_per_million_reminders"] = memory_summary(breakdown, reminders)
 
         # A partner update: the worker applies it and marks the partner, the scheduler re-plans its renewals.
         scheduler = start_scheduler(env, log_path=ctx.log_path("scale-scheduler-2"))

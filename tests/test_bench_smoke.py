@@ -116,8 +116,15 @@ def test_bench_planning_scale_measures_memory_replan_and_worker_memory(bench: Be
     result = run_scale(bench, renewals=200, threads=2, replan_timeout_s=60, event_timeout_s=60)
 
     assert result["planned_reminders"] >= 600
-    assert result["redis_memory"]["total_mb"] > 0
+    # INFO used_memory is the whole server's: on a shared Redis it moves with other clients, so
+    # only the figure from MEMORY USAGE per kind of key is checked.
+    assert set(result["redis_memory"]) >= {"total_mb", "state_mb", "plans_mb", "bytes_per_reminder"}
     assert set(result["memory_by_key_kind"]) >= {"due index (sorted set)", "renewal record"}
+    by_kind = result["memory_by_key_kind_per_million_reminders"]
+    assert by_kind["plans_mb"] > 0 and by_kind["state_mb"] > 0
+    assert by_kind["total_mb"] == pytest.approx(by_kind["plans_mb"] + by_kind["state_mb"], abs=0.2)
+    population = result["population"]
+    assert (population["partners"], population["clients"], population["renewals"]) == (20, 200, 200)
     replan = result["replan_all"]
     assert replan["completed"] and replan["moved_to_new_time"], replan
     assert replan["due_index_size_after"] >= 600

@@ -15,6 +15,7 @@ from worker.clock import VirtualClock
 from worker.events import parse_event
 from worker.ledger import Outcome, parse_due_member
 from worker.planner import deadline_end
+from worker.rules import load_rules
 from worker.runtime import Runtime, build_runtime
 from worker.settings import load_settings
 
@@ -286,3 +287,37 @@ def test_a_mark_renewed_while_planning_ran_stays_for_the_next_flush(rt, monkeypa
     monkeypatch.setattr(rt.planning, "_replan_batch", original)
     rt.planning.flush(rt.rules(), NOW)
     assert due_entries(rt) == {}
+
+
+RULES = (
+    "deadline_days_before_start: 45\nreminders:\n"
+    '  - {{id: {a}, anchor: deadline, offset_days: -20, send_time: "09:00", template: first-notice}}\n'
+    '  - {{id: {b}, anchor: deadline, offset_days: -3, send_time: "09:00", template: first-notice}}\n'
+)
+
+
+def test_a_re_plan_under_new_rules_replaces_exactly_the_previous_plan(rt, tmp_path):
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(RULES.format(a="early", b="late"), encoding="utf-8")
+    new.write_text(RULES.format(a="late", b="later"), encoding="utf-8")
+    for rid in ("r1", "r2"):
+        rt.store.apply(parse_event(renewal_updated(renewal_id=rid, start_date="2027-03-15")))
+    rt.planning.replan_many("p1", ["r1", "r2"], load_rules(old), NOW)
+    rt.planning.replan("p1", "r1", load_rules(new), NOW)
+    assert sorted(due_entries(rt)) == [
+        ("p1", "r1", "late"),
+        ("p1", "r1", "later"),
+        ("p1", "r2", "early"),
+        ("p1", "r2", "late"),
+    ]
+    due = due_entries(rt)
+    assert due[("p1", "r1", "late")] == due[("p1", "r2", "early")], "the id 'late' moved to the new rule's time"
+
+
+def test_a_removed_renewal_leaves_no_plan_bookkeeping_behind(rt):
+    ingest(rt, renewal_updated(at="2026-12-01T00:00:00Z", start_date="2027-03-15"))
+    assert len(due_entries(rt)) == 3
+    ingest(rt, renewal_removed(at="2026-12-02T00:00:00Z"))
+    assert due_entries(rt) == {}
+    record = rt.keys.renewal("p1", "r1")
+    assert [key.decode() for key in rt.redis.keys(record + "*")] == [record]  # no set or list per renewal

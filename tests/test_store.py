@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
+import redis
 from factories import client_updated, owner_changed, partner_updated, renewal_removed, renewal_updated, services_ended
 
 from worker.events import parse_event
@@ -29,10 +31,39 @@ def test_a_repeated_event_id_is_ignored(store):
     assert apply(store, raw) == "duplicate"
 
 
-def test_event_ids_are_remembered_for_the_configured_time(store, fake_redis):
-    apply(store, partner_updated(event_id="e-ttl"))
-    ttl = fake_redis.ttl(store.keys.seen("e-ttl"))
-    assert 0 < ttl <= 60
+def test_a_repeat_of_the_event_a_record_was_last_written_by_stays_a_duplicate_past_the_configured_time(store):
+    now = datetime.now(UTC)
+    event = parse_event(partner_updated(event_id="e-latest"))
+    assert store.apply(event, now=now) == "applied"
+    assert store.apply(event, now=now + timedelta(days=365)) == "duplicate"
+
+
+def test_a_superseded_event_id_is_remembered_for_the_configured_time(store, fake_redis):
+    now = datetime.now(UTC)
+    first = parse_event(partner_updated(event_id="e-first", at="2026-12-01T00:00:00Z"))
+    assert store.apply(first, now=now) == "applied"
+    assert fake_redis.keys("t:seen:*") == []
+    assert apply(store, partner_updated(event_id="e-second", at="2026-12-02T00:00:00Z")) == "applied"
+    assert store.apply(first, now=now + timedelta(seconds=59.9)) == "duplicate"
+    slices = fake_redis.keys("t:seen:*")
+    assert len(slices) == 1
+    assert 50_000 < fake_redis.pttl(slices[0]) <= 60_000 * 9 / 8
+    # Forgotten at most an eighth later than configured (one slice of the sets holding the ids);
+    # a repeat then is still ignored, as older than the record.
+    assert store.apply(first, now=now + timedelta(seconds=60 * 9 / 8 + 0.1)) == "stale"
+
+
+def test_a_refused_event_id_is_remembered_too(store):
+    apply(store, client_updated(at="2026-12-02T00:00:00Z"))
+    older = client_updated(at="2026-12-01T00:00:00Z", event_id="e-older")
+    assert apply(store, older) == "stale"
+    assert apply(store, older) == "duplicate"
+
+
+def test_storing_a_backlog_remembers_no_event_id_beyond_each_record_s_own_stamp(store, fake_redis):
+    for n in range(50):
+        apply(store, renewal_updated(event_id=f"e{n}", renewal_id=f"r{n}"))
+    assert fake_redis.keys("t:seen:*") == []
 
 
 def test_an_older_event_is_stale_and_the_newest_state_wins(store):
@@ -41,6 +72,14 @@ def test_an_older_event_is_stale_and_the_newest_state_wins(store):
     state = store.client_state("p1", "c1")
     assert state.client is not None
     assert state.client.domain == "new.com"
+
+
+def test_events_dated_before_1970_are_ordered_too(store):
+    apply(store, client_updated(at="1969-12-31T23:59:59Z", domain="first.com"))
+    assert apply(store, client_updated(at="1969-12-31T23:59:58Z", domain="older.com")) == "stale"
+    assert apply(store, client_updated(at="1970-01-01T00:00:00Z", domain="newer.com")) == "applied"
+    state = store.client_state("p1", "c1")
+    assert state.client is not None and state.client.domain == "newer.com"
 
 
 def test_occurred_at_is_compared_as_an_instant_across_offsets(store):
@@ -199,3 +238,49 @@ def test_a_batch_of_dead_letters_keeps_each_one_in_order_and_counts_them(store):
         ("raw-1", [("data.domain", "bad")]),
     ]
     assert store.event_stats()["dead_lettered"] == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        (partner_updated(), lambda s: s.partner("p1")),
+        (client_updated(), lambda s: s.client_state("p1", "c1").client),
+        (owner_changed(owner="partner"), lambda s: s.client_state("p1", "c1").override),
+        (renewal_updated(), lambda s: s.renewal_state("p1", "r1").renewal),
+    ],
+)
+def test_every_record_reads_back_as_applied(store, raw, read):
+    assert apply(store, raw) == "applied"
+    assert read(store) == parse_event(raw).data
+
+
+def test_a_removed_renewal_keeps_what_it_was(store):
+    raw = renewal_updated(at="2026-12-01T00:00:00Z")
+    apply(store, raw)
+    apply(store, renewal_removed(at="2026-12-02T00:00:00Z"))
+    state = store.renewal_state("p1", "r1")
+    assert state.removed and state.renewal == parse_event(raw).data
+    assert state.updated_at == datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def test_a_record_in_another_layout_fails_loudly_rather_than_read_as_absent(store, fake_redis):
+    fake_redis.hset(store.keys.renewal("p1", "r1"), mapping={"ts": "1", "eid": "e", "data": "{}", "removed": "0"})
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.renewal_state("p1", "r1")
+    fake_redis.set(store.keys.client("p1", "c1"), '{"client_id": "c1"}')
+    with pytest.raises(ValueError, match="layout"):
+        store.client_state("p1", "c1")
+
+
+def test_renewal_ids_are_found_by_client_and_by_partner_across_the_index_hashes(store):
+    for n in range(300):
+        apply(store, client_updated(client_id=f"c{n}"))
+        apply(store, renewal_updated(renewal_id=f"r{n}", client_id=f"c{n}"))
+    apply(store, renewal_updated(renewal_id="r0", client_id="c1", at="2026-12-02T00:00:00Z"))  # moved client
+    apply(store, client_updated(client_id="c-alone"))
+    assert store.renewal_ids("p1", "c1") == ["r0", "r1"]  # a superset: r0 moved here from c0
+    assert store.renewal_ids("p1", "c0") == ["r0"]
+    assert store.renewal_ids("p1", "c-alone") == []
+    assert store.renewal_ids("p1") == sorted(f"r{n}" for n in range(300))
+    assert store.client_ids("p1") == sorted([f"c{n}" for n in range(300)] + ["c-alone"])
+    assert store.renewal_ids("p2") == [] and store.client_ids("p2") == []

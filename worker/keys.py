@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-__all__ = ["SEP", "Keys", "key_part"]
+__all__ = ["CLIENT_BUCKETS", "SEP", "Keys", "key_part"]
 
 # Joins ids inside set members; ids never hold control characters (the contract refuses them).
 SEP = "\x1f"
+
+# A partner's clients are spread over this many small hashes, so that each stays a listpack (at
+# most hash-max-listpack-entries, 512, fields: up to some 130,000 clients a partner) at about 20
+# bytes a client, where one large hash is a hashtable at about 50.
+CLIENT_BUCKETS = 256
 
 
 def key_part(value: str) -> str:
@@ -19,8 +25,9 @@ def key_part(value: str) -> str:
 class Keys:
     prefix: str = "rw"
 
-    def seen(self, event_id: str) -> str:
-        return f"{self.prefix}:seen:{key_part(event_id)}"
+    def seen(self, slice_ms: int, index: int) -> str:
+        """Set of the event ids applied (or refused) during one time slice of ``slice_ms``, the ``index``-th."""
+        return f"{self.prefix}:seen:{slice_ms}:{index}"
 
     def partners(self) -> str:
         return f"{self.prefix}:partners"
@@ -28,11 +35,13 @@ class Keys:
     def partner(self, partner_id: str) -> str:
         return f"{self.prefix}:p:{key_part(partner_id)}"
 
-    def partner_clients(self, partner_id: str) -> str:
-        return f"{self.prefix}:p:{key_part(partner_id)}:clients"
+    def renewals_by_client(self, partner_id: str, client_id: str) -> str:
+        """Hash: client id -> the ids of the renewals ever stored for it, SEP-joined; one of the
+        partner's ``CLIENT_BUCKETS`` hashes, chosen by the client id's CRC-32."""
+        return self.renewals_by_client_bucket(partner_id, zlib.crc32(client_id.encode()) % CLIENT_BUCKETS)
 
-    def partner_renewals(self, partner_id: str) -> str:
-        return f"{self.prefix}:p:{key_part(partner_id)}:renewals"
+    def renewals_by_client_bucket(self, partner_id: str, bucket: int) -> str:
+        return f"{self.prefix}:p:{key_part(partner_id)}:renewals-by-client:{bucket}"
 
     def client(self, partner_id: str, client_id: str) -> str:
         return f"{self.prefix}:p:{key_part(partner_id)}:c:{key_part(client_id)}"
@@ -42,9 +51,6 @@ class Keys:
 
     def ended(self, partner_id: str, client_id: str) -> str:
         return f"{self.client(partner_id, client_id)}:ended"
-
-    def client_renewals(self, partner_id: str, client_id: str) -> str:
-        return f"{self.client(partner_id, client_id)}:renewals"
 
     def renewal(self, partner_id: str, renewal_id: str) -> str:
         return f"{self.prefix}:p:{key_part(partner_id)}:r:{key_part(renewal_id)}"
@@ -57,8 +63,14 @@ class Keys:
         return f"{self.renewal(partner_id, renewal_id)}:lease:{key_part(reminder_id)}"
 
     def planned(self, partner_id: str, renewal_id: str) -> str:
-        """Set of due-index members currently planned for one renewal (so a re-plan can replace them)."""
+        """No longer written (plans are replaced through ``planned_reminder_ids``); the ledger's finish
+        script still removes a finished reminder from it, which is a no-op on a key that is never there."""
         return f"{self.renewal(partner_id, renewal_id)}:planned"
+
+    def planned_reminder_ids(self) -> str:
+        """Set of every reminder id ever put in the due index: a re-plan removes each of them for its
+        renewal, so it replaces exactly the previous plan with no bookkeeping per renewal."""
+        return f"{self.prefix}:plan:reminder-ids"
 
     def dirty(self) -> str:
         """Sorted set of what must be re-planned (renewal, client or partner), by when it was marked."""

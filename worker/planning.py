@@ -18,17 +18,17 @@ from .events import (
     OwnerData,
     PartnerData,
     PartnerUpdated,
-    RenewalData,
     RenewalRemoved,
     RenewalUpdated,
 )
 from .keys import Keys
 from .ledger import Outcome, due_member
 from .planner import Plan, plan_renewal
+from .records import read_record
 from .rules import RuleSet
 from .schedule import epoch_ms
 from .scripts import LuaScript, run_pipeline
-from .store import ClientState, RenewalState, Store, from_micros, parse_dirty_member, parse_stored
+from .store import ClientState, RenewalState, Store, parse_dirty_member, parse_stored, renewal_state
 
 __all__ = ["Planning", "RenewalView"]
 
@@ -69,26 +69,28 @@ class RenewalView:
 # Replaces a renewal's planned reminders in the due index, unless a record the plan was made from
 # changed since it was read (then it returns 0 and the caller plans again from fresh state): an
 # optimistic check that costs no WATCH round trips, so thousands of renewals go in one pipeline.
+# The previous plan is removed by trying every reminder id ever planned (a handful, kept in one
+# set) rather than from a list kept per renewal, which would cost more than the plan itself.
 # A reminder that is claimed (its delivery is under way) is not put back: the delivery re-checks
 # the plan when it runs and hands the reminder back if it is not due after all; that keeps
 # "enqueued once" true. A final reminder (in the ledger) is never planned.
-#   KEYS: due, planned, claimed, ledger, then the k version records
-#   ARGV: k, k expected 'ts' stamps ('' = absent), expected ledger size, n planned (member, score)
-#         pairs, then (reminder id, outcome) pairs of skipped reminders
+#   KEYS: due, planned reminder ids, claimed, ledger, then the k version records
+#   ARGV: k, k expected stamps ('' = absent), expected ledger size, the renewal's due-member prefix,
+#         n planned (reminder id, score) pairs, then (reminder id, outcome) pairs of skipped reminders
 _WRITE_PLAN = """
 local k = tonumber(ARGV[1])
 for j = 1, k do
-  local ts = redis.call('HGET', KEYS[4 + j], 'ts') or ''
-  if ts ~= ARGV[1 + j] then return 0 end
+  local record = redis.call('GET', KEYS[4 + j])
+  local stamp = record and string.match(record, '^[^\\31]*\\31[^\\31]*') or ''
+  if stamp ~= ARGV[1 + j] then return 0 end
 end
 if redis.call('HLEN', KEYS[4]) ~= tonumber(ARGV[k + 2]) then return 0 end
-local old = redis.call('SMEMBERS', KEYS[2])
-for _, m in ipairs(old) do redis.call('ZREM', KEYS[1], m) end
-redis.call('DEL', KEYS[2])
-local i = k + 4
-for _ = 1, tonumber(ARGV[k + 3]) do
-  local m = ARGV[i]
-  redis.call('SADD', KEYS[2], m)
+local prefix = ARGV[k + 3]
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('ZREM', KEYS[1], prefix .. id) end
+local i = k + 5
+for _ = 1, tonumber(ARGV[k + 4]) do
+  local m = prefix .. ARGV[i]
+  redis.call('SADD', KEYS[2], ARGV[i])
   if not redis.call('ZSCORE', KEYS[3], m) then redis.call('ZADD', KEYS[1], ARGV[i + 1], m) end
   i = i + 2
 end
@@ -115,8 +117,15 @@ return cleared
 """
 
 
-def _text(raw: bytes | None) -> str:
-    return "" if raw is None else raw.decode()
+def _stamp(raw: bytes | None) -> str:
+    """The stamp of a stored record as the plan write compares it ('' when there is none)."""
+    record = read_record(raw)
+    return "" if record is None else record.stamp
+
+
+def due_member_prefix(partner_id: str, renewal_id: str) -> str:
+    """What every due-index member of one renewal starts with; the reminder id follows."""
+    return due_member(partner_id, renewal_id, "")
 
 
 class Planning:
@@ -166,54 +175,57 @@ class Planning:
         partner_ids = sorted({pid for pid, _ in pairs})
         with self.redis.pipeline(transaction=False) as pipe:
             for pid, rid in pairs:
-                pipe.hmget(k.renewal(pid, rid), ["data", "removed", "ts"])
+                pipe.get(k.renewal(pid, rid))
                 pipe.hgetall(k.ledger(pid, rid))
             for pid in partner_ids:
-                pipe.hmget(k.partner(pid), ["data", "ts"])
+                pipe.get(k.partner(pid))
             first = pipe.execute()
         partners = {
-            pid: (parse_stored(PartnerData, raw[0]), _text(raw[1]))
+            pid: (parse_stored(PartnerData, raw), _stamp(raw))
             for pid, raw in zip(partner_ids, first[2 * len(pairs) :], strict=True)
         }
-        renewals = [parse_stored(RenewalData, first[2 * i][0]) for i in range(len(pairs))]
-        clients = sorted({(pid, r.client_id) for (pid, _), r in zip(pairs, renewals, strict=True) if r is not None})
+        renewals = [renewal_state(read_record(first[2 * i])) for i in range(len(pairs))]
+        clients = sorted(
+            {(pid, r.renewal.client_id) for (pid, _), r in zip(pairs, renewals, strict=True) if r.renewal is not None}
+        )
         with self.redis.pipeline(transaction=False) as pipe:
             for pid, cid in clients:
-                pipe.hmget(k.client(pid, cid), ["data", "ts"])
-                pipe.hmget(k.owner(pid, cid), ["data", "ts"])
-                pipe.hget(k.ended(pid, cid), "ts")
+                pipe.get(k.client(pid, cid))
+                pipe.get(k.owner(pid, cid))
+                pipe.get(k.ended(pid, cid))
             second = pipe.execute()
         client_states: dict[tuple[str, str], tuple[ClientState, tuple[str, str, str]]] = {}
         for n, (pid, cid) in enumerate(clients):
-            client_raw, owner_raw, ended_ts = second[3 * n : 3 * n + 3]
+            client_raw, owner_raw, ended_raw = second[3 * n : 3 * n + 3]
+            ended = read_record(ended_raw)
             state = ClientState(
                 client_id=cid,
-                client=parse_stored(ClientData, client_raw[0]),
-                override=parse_stored(OwnerData, owner_raw[0]),
-                services_ended=ended_ts is not None,
-                ended_at=from_micros(ended_ts),
+                client=parse_stored(ClientData, client_raw),
+                override=parse_stored(OwnerData, owner_raw),
+                services_ended=ended is not None,
+                ended_at=None if ended is None else ended.updated_at,
             )
-            client_states[(pid, cid)] = (state, (_text(client_raw[1]), _text(owner_raw[1]), _text(ended_ts)))
+            client_states[(pid, cid)] = (state, (_stamp(client_raw), _stamp(owner_raw), _stamp(ended_raw)))
         out = []
         for i, (pid, rid) in enumerate(pairs):
-            raw, ledger = first[2 * i], first[2 * i + 1]
+            ledger = first[2 * i + 1]
             renewal = renewals[i]
-            partner, partner_ts = partners[pid]
-            version = [(k.renewal(pid, rid), _text(raw[2])), (k.partner(pid), partner_ts)]
+            partner, partner_stamp = partners[pid]
+            version = [(k.renewal(pid, rid), _stamp(first[2 * i])), (k.partner(pid), partner_stamp)]
             client = None
-            if renewal is not None:
-                client, (client_ts, owner_ts, ended_ts) = client_states[(pid, renewal.client_id)]
-                cid = renewal.client_id
+            if renewal.renewal is not None:
+                cid = renewal.renewal.client_id
+                client, (client_stamp, owner_stamp, ended_stamp) = client_states[(pid, cid)]
                 version += [
-                    (k.client(pid, cid), client_ts),
-                    (k.owner(pid, cid), owner_ts),
-                    (k.ended(pid, cid), ended_ts),
+                    (k.client(pid, cid), client_stamp),
+                    (k.owner(pid, cid), owner_stamp),
+                    (k.ended(pid, cid), ended_stamp),
                 ]
             out.append(
                 RenewalView(
                     pid,
                     rid,
-                    RenewalState(renewal=renewal, removed=raw[1] == b"1", updated_at=from_micros(raw[2])),
+                    renewal,
                     client,
                     partner,
                     {key.decode(): Outcome.from_json(value) for key, value in ledger.items()},
@@ -255,14 +267,14 @@ class Planning:
     def _queue_write(self, pipe: redis.client.Pipeline, view: RenewalView, plan: Plan, now: datetime) -> None:
         k = self.keys
         pid, rid = view.partner_id, view.renewal_id
-        args: list[str | int] = [len(view.version), *(ts for _, ts in view.version), len(view.outcomes)]
-        args.append(len(plan.planned))
+        args: list[str | int] = [len(view.version), *(stamp for _, stamp in view.version), len(view.outcomes)]
+        args += [due_member_prefix(pid, rid), len(plan.planned)]
         for item in plan.planned:
-            args += [due_member(pid, rid, item.reminder_id), epoch_ms(item.due_at)]
+            args += [item.reminder_id, epoch_ms(item.due_at)]
         for skip in plan.skipped:
             outcome = Outcome("skipped", now, reason=skip.reason, extra={"due_at": skip.due_at.isoformat()})
             args += [skip.reminder_id, outcome.to_json()]
-        keys = [k.due(), k.planned(pid, rid), k.claimed(), k.ledger(pid, rid), *(key for key, _ in view.version)]
+        keys = [k.due(), k.planned_reminder_ids(), k.claimed(), k.ledger(pid, rid), *(key for key, _ in view.version)]
         self._write_plan.queue(pipe, keys=keys, args=args)
 
     def renewals_touched(self, event: Event) -> list[str]:

@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     rules_path: Path = Field(default=PROJECT_ROOT / "rules" / "default.yaml")
     templates_dir: Path = Field(default=PROJECT_ROOT / "templates" / "email")
 
-    event_id_ttl_days: int = Field(default=30, ge=1, description="How long repeated event ids are recognised.")
+    event_id_ttl_days: int = Field(
+        default=30, ge=1, description="How long the id of a superseded or refused event is recognised."
+    )
     event_max_future_s: int = Field(
         default=86_400, ge=0, description="Events dated further ahead than this are dead-lettered (a wrong clock)."
     )

@@ -13,7 +13,6 @@ from pydantic import BaseModel
 
 from .errors import TransientError
 from .events import (
-    TRUSTED,
     ClientData,
     ClientOwnerChanged,
     ClientServicesEnded,
@@ -26,7 +25,8 @@ from .events import (
     RenewalRemoved,
     RenewalUpdated,
 )
-from .keys import SEP, Keys
+from .keys import CLIENT_BUCKETS, SEP, Keys
+from .records import StoredRecord, decode_payload, encode_payload, read_record, ts_text
 from .scripts import LuaScript, run_pipeline
 
 __all__ = [
@@ -36,10 +36,10 @@ __all__ = [
     "RenewalState",
     "Store",
     "dirty_member",
-    "from_micros",
     "micros",
     "parse_dirty_member",
     "parse_stored",
+    "renewal_state",
 ]
 
 ApplyOutcome = Literal["applied", "duplicate", "stale", "already_ended"]
@@ -48,39 +48,71 @@ M = TypeVar("M", bound=BaseModel)
 # Dedupe, the staleness check, the write and marking what must be re-planned happen in one
 # script, so two workers applying events for the same thing at once cannot interleave and leave
 # an older state behind, and no applied change can miss its re-plan. Ties on occurred_at are
-# broken by event id, so every worker converges on the same state.
+# broken by event id, so every worker converges on the same state. Records are laid out as
+# worker/records.py says; a removal keeps the last payload (what the renewal was) and sets the flag.
+# A repeat of the event a record was last written by is found by the record's own stamp, for as
+# long as it is the latest; so only the ids of events that were superseded or refused need
+# remembering, in sets, one per time slice (a key with a TTL each costs three times a set member).
 _APPLY = """
--- KEYS: seen, record, dirty, stats, index sets...
--- ARGV: event_id, ttl_s, ts, mode, data, dirty member, now_ms, index members...
+-- KEYS: record, dirty, stats, partners, renewals by client, seen slices (the current one first)
+-- ARGV: event_id, ts, mode, payload, dirty member, now_ms, current slice's TTL (ms), partner id,
+--       client id to index ('' = none), renewal id to index under it ('' = none)
+local SEP = '\\31'
+local function stamp_ts(text)  -- Lua 5.1's tonumber(text, 36) takes no sign
+  if string.sub(text, 1, 1) == '-' then return -tonumber(string.sub(text, 2), 36) end
+  return tonumber(text, 36)
+end
+local function remember(event_id)
+  redis.call('SADD', KEYS[6], event_id)
+  redis.call('PEXPIRE', KEYS[6], ARGV[7])
+end
 local function done(outcome)
-  redis.call('SET', KEYS[1], outcome, 'EX', ARGV[2])
-  redis.call('HINCRBY', KEYS[4], outcome, 1)
+  redis.call('HINCRBY', KEYS[3], outcome, 1)
   return outcome
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[4], 'duplicate', 1)
-  return 'duplicate'
+local mode = ARGV[3]
+local cur = redis.call('GET', KEYS[1])
+local cts, ceid, old
+if cur then
+  cts, ceid, old = string.match(cur, '^(-?%w+)\\31([^\\31]*)\\31[01](.*)$')
+  if ceid == ARGV[1] then return done('duplicate') end
 end
-local mode = ARGV[4]
-if mode == 'final' then
-  if redis.call('HEXISTS', KEYS[2], 'ts') == 1 then return done('already_ended') end
-else
-  local cur = redis.call('HMGET', KEYS[2], 'ts', 'eid')
-  if cur[1] then
-    local cts = tonumber(cur[1])
-    local nts = tonumber(ARGV[3])
-    if nts < cts or (nts == cts and ARGV[1] <= cur[2]) then return done('stale') end
+for i = 6, #KEYS do
+  if redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then return done('duplicate') end
+end
+local payload = ARGV[4]
+if cur then
+  if mode == 'final' then
+    remember(ARGV[1])
+    return done('already_ended')
+  end
+  local nts = stamp_ts(ARGV[2])
+  cts = stamp_ts(cts)
+  if nts < cts or (nts == cts and ARGV[1] < ceid) then
+    remember(ARGV[1])
+    return done('stale')
+  end
+  if mode == 'remove' then payload = old end
+  remember(ceid)
+end
+redis.call('SET', KEYS[1], ARGV[2] .. SEP .. ARGV[1] .. SEP .. (mode == 'remove' and '1' or '0') .. payload)
+redis.call('SADD', KEYS[4], ARGV[8])
+local cid, rid = ARGV[9], ARGV[10]
+if cid ~= '' then
+  local ids = redis.call('HGET', KEYS[5], cid)
+  if not ids then
+    redis.call('HSET', KEYS[5], cid, rid)
+  elseif rid ~= '' and not string.find(SEP .. ids .. SEP, SEP .. rid .. SEP, 1, true) then
+    redis.call('HSET', KEYS[5], cid, ids == '' and rid or ids .. SEP .. rid)
   end
 end
-if mode == 'remove' then
-  redis.call('HSET', KEYS[2], 'ts', ARGV[3], 'eid', ARGV[1], 'removed', '1')
-else
-  redis.call('HSET', KEYS[2], 'ts', ARGV[3], 'eid', ARGV[1], 'data', ARGV[5], 'removed', '0')
-end
-for i = 5, #KEYS do redis.call('SADD', KEYS[i], ARGV[i + 3]) end
-redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
 return done('applied')
 """
+
+# Ids are remembered (from when an event is superseded or refused) for at least the configured
+# time and at most 1/_SEEN_SLICES longer.
+_SEEN_SLICES = 8
 
 
 DirtyKind = Literal["renewal", "client", "partner"]
@@ -127,13 +159,6 @@ class DeadLetter:
     reason: str
     errors: list[tuple[str, str]]
     raw: str
-
-
-def from_micros(ts: bytes | None) -> datetime | None:
-    if ts is None:
-        return None
-    value = int(ts)
-    return datetime.fromtimestamp(value // 1_000_000, tz=UTC).replace(microsecond=value % 1_000_000)
 
 
 class Store:
@@ -194,27 +219,23 @@ class Store:
         pid = event.partner_id
         record: str
         dirty: str
-        index: list[tuple[str, str]] = [(k.partners(), pid)]
+        indexed_client = indexed_renewal = ""
         mode = "set"
-        data = ""
+        payload = b""
         if isinstance(event, PartnerUpdated):
             record = k.partner(pid)
             dirty = dirty_member("partner", pid)
         elif isinstance(event, ClientUpdated):
             record = k.client(pid, event.data.client_id)
-            index.append((k.partner_clients(pid), event.data.client_id))
         elif isinstance(event, ClientOwnerChanged):
             record = k.owner(pid, event.data.client_id)
-            index.append((k.partner_clients(pid), event.data.client_id))
         elif isinstance(event, ClientServicesEnded):
             record = k.ended(pid, event.data.client_id)
-            index.append((k.partner_clients(pid), event.data.client_id))
             mode = "final"
         elif isinstance(event, RenewalUpdated):
             record = k.renewal(pid, event.data.renewal_id)
             dirty = dirty_member("renewal", pid, event.data.renewal_id)
-            index.append((k.partner_renewals(pid), event.data.renewal_id))
-            index.append((k.client_renewals(pid, event.data.client_id), event.data.renewal_id))
+            indexed_client, indexed_renewal = event.data.client_id, event.data.renewal_id
         elif isinstance(event, RenewalRemoved):
             record = k.renewal(pid, event.data.renewal_id)
             dirty = dirty_member("renewal", pid, event.data.renewal_id)
@@ -223,12 +244,36 @@ class Store:
             raise TypeError(f"unhandled event {type(event).__name__}")
         if isinstance(event, (ClientUpdated, ClientOwnerChanged, ClientServicesEnded)):
             dirty = dirty_member("client", pid, event.data.client_id)
+            indexed_client = event.data.client_id
         if mode == "set":
-            data = event.data.model_dump_json()
-        keys = [k.seen(event.event_id), record, k.dirty(), k.event_stats(), *(key for key, _ in index)]
-        args: list[Any] = [event.event_id, self.event_id_ttl_s, micros(event.occurred_at), mode, data, dirty, now_ms]
-        args.extend(member for _, member in index)
+            payload = encode_payload(event.data)
+        seen, seen_ttl_ms = self._seen_slices(now_ms)
+        keys = [record, k.dirty(), k.event_stats(), k.partners(), k.renewals_by_client(pid, indexed_client), *seen]
+        args: list[Any] = [
+            event.event_id,
+            ts_text(micros(event.occurred_at)),
+            mode,
+            payload,
+            dirty,
+            now_ms,
+            seen_ttl_ms,
+            pid,
+            indexed_client,
+            indexed_renewal,
+        ]
         return keys, args
+
+    def _seen_slices(self, now_ms: int) -> tuple[list[str], int]:
+        """The sets of event ids to check (the current slice first) and how long the current one must live.
+
+        An id added at ``now_ms`` is found until its slice leaves the window, between
+        ``event_id_ttl_s`` and ``1 + 1/_SEEN_SLICES`` times that from now; the slice width is in
+        the key, so a changed TTL never mixes slices of two widths.
+        """
+        slice_ms = -(-self.event_id_ttl_s * 1000 // _SEEN_SLICES)
+        current = now_ms // slice_ms
+        keys = [self.keys.seen(slice_ms, current - back) for back in range(_SEEN_SLICES + 1)]
+        return keys, (current + _SEEN_SLICES + 1) * slice_ms - now_ms
 
     def add_dead_letter(self, raw: str, reason: str, errors: Iterable[tuple[str, str]], *, now: datetime) -> None:
         self.add_dead_letters([(raw, reason, list(errors))], now=now)
@@ -266,43 +311,55 @@ class Store:
         return out
 
     def partner(self, partner_id: str) -> PartnerData | None:
-        return parse_stored(PartnerData, self.redis.hget(self.keys.partner(partner_id), "data"))
+        return parse_stored(PartnerData, self.redis.get(self.keys.partner(partner_id)))
 
     def client_state(self, partner_id: str, client_id: str) -> ClientState:
         k = self.keys
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(k.client(partner_id, client_id), "data")
-            pipe.hget(k.owner(partner_id, client_id), "data")
-            pipe.hget(k.ended(partner_id, client_id), "ts")
-            client_raw, owner_raw, ended_ts = pipe.execute()
+            pipe.get(k.client(partner_id, client_id))
+            pipe.get(k.owner(partner_id, client_id))
+            pipe.get(k.ended(partner_id, client_id))
+            client_raw, owner_raw, ended_raw = pipe.execute()
+        ended = read_record(ended_raw)
         return ClientState(
             client_id=client_id,
             client=parse_stored(ClientData, client_raw),
             override=parse_stored(OwnerData, owner_raw),
-            services_ended=ended_ts is not None,
-            ended_at=from_micros(ended_ts),
+            services_ended=ended is not None,
+            ended_at=None if ended is None else ended.updated_at,
         )
 
     def renewal_state(self, partner_id: str, renewal_id: str) -> RenewalState:
-        raw = self.redis.hmget(self.keys.renewal(partner_id, renewal_id), ["data", "removed", "ts"])
-        return RenewalState(
-            renewal=parse_stored(RenewalData, raw[0]), removed=raw[1] == b"1", updated_at=from_micros(raw[2])
-        )
+        return renewal_state(read_record(self.redis.get(self.keys.renewal(partner_id, renewal_id))))
 
     def partner_ids(self) -> list[str]:
         return sorted(m.decode() for m in self.redis.smembers(self.keys.partners()))
 
     def client_ids(self, partner_id: str) -> list[str]:
-        return sorted(m.decode() for m in self.redis.smembers(self.keys.partner_clients(partner_id)))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in range(CLIENT_BUCKETS):
+                pipe.hkeys(self.keys.renewals_by_client_bucket(partner_id, bucket))
+            return sorted(m.decode() for keys in pipe.execute() for m in keys)
 
     def renewal_ids(self, partner_id: str, client_id: str | None = None) -> list[str]:
         """Renewal ids of a partner, or of one client (a superset: a renewal may have moved client)."""
-        key = (
-            self.keys.partner_renewals(partner_id)
-            if client_id is None
-            else self.keys.client_renewals(partner_id, client_id)
-        )
-        return sorted(m.decode() for m in self.redis.smembers(key))
+        if client_id is not None:
+            joined = [self.redis.hget(self.keys.renewals_by_client(partner_id, client_id), client_id) or b""]
+        else:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for bucket in range(CLIENT_BUCKETS):
+                    pipe.hvals(self.keys.renewals_by_client_bucket(partner_id, bucket))
+                joined = [ids for values in pipe.execute() for ids in values]
+        return sorted({rid for ids in joined for rid in ids.decode().split(SEP) if rid})
+
+
+def renewal_state(record: StoredRecord | None) -> RenewalState:
+    """A renewal as stored; a removed one keeps what it was before the removal."""
+    if record is None:
+        return RenewalState(renewal=None, removed=False, updated_at=None)
+    return RenewalState(
+        renewal=decode_payload(RenewalData, record.payload), removed=record.removed, updated_at=record.updated_at
+    )
 
 
 def _outcome(reply: bytes | str) -> ApplyOutcome:
@@ -310,5 +367,6 @@ def _outcome(reply: bytes | str) -> ApplyOutcome:
 
 
 def parse_stored(cls: type[M], raw: bytes | None) -> M | None:
-    """Read back a record this store wrote: it was validated on the way in, so costly checks are skipped."""
-    return None if raw is None else cls.model_validate_json(raw, context=TRUSTED)
+    """Read back the model of a record this store wrote (strictly: another layout raises ``ValueError``)."""
+    record = read_record(raw)
+    return None if record is None else decode_payload(cls, record.payload)
