@@ -62,11 +62,6 @@ class Keys:
     def lease(self, partner_id: str, renewal_id: str, reminder_id: str) -> str:
         return f"{self.renewal(partner_id, renewal_id)}:lease:{key_part(reminder_id)}"
 
-    def planned(self, partner_id: str, renewal_id: str) -> str:
-        """No longer written (plans are replaced through ``planned_reminder_ids``); the ledger's finish
-        script still removes a finished reminder from it, which is a no-op on a key that is never there."""
-        return f"{self.renewal(partner_id, renewal_id)}:planned"
-
     def planned_reminder_ids(self) -> str:
         """Set of every reminder id ever put in the due index: a re-plan removes each of them for its
         renewal, so it replaces exactly the previous plan with no bookkeeping per renewal."""

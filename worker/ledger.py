@@ -85,9 +85,8 @@ return 'busy'
 _FINISH = """
 local written = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[4])
 redis.call('ZREM', KEYS[4], ARGV[4])
-redis.call('ZREM', KEYS[5], ARGV[4])
 return written
 """
 
@@ -161,7 +160,7 @@ class Ledger:
 
         def build(pipe: redis.client.Pipeline) -> None:
             for (pid, rid, rem), outcome, token in items:
-                keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.planned(pid, rid), k.due(), k.claimed()]
+                keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.due(), k.claimed()]
                 self._finish.queue(pipe, keys=keys, args=[rem, token, outcome.to_json(), due_member(pid, rid, rem)])
             if suppress:
                 pipe.sadd(k.suppressed(), *[e.casefold() for e in suppress])
