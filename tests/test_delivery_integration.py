@@ -392,3 +392,38 @@ def test_the_same_batch_delivered_twice_sends_nothing_the_second_time(pipeline):
     wait_for(lambda: all(rt.ledger.outcome("p1", f"r{n}", "first-notice") for n in range(1, 4)))
     rt.broker.join("deliveries", timeout=20_000)
     assert len(server.messages) == 3
+
+
+def test_a_renewal_that_arrives_before_its_client_is_sent_once_the_client_arrives(pipeline):
+    rt, clock, server = pipeline
+    ingest(
+        rt,
+        partner_updated(notify_user=person("Anna Reed", "anna@agency.example")),
+        renewal_updated(start_date="2027-03-15", at="2026-12-01T10:00:00Z"),
+    )
+    assert fire_due(rt, clock, FIRST_DUE + timedelta(days=2)) == 0  # nothing can be addressed yet
+    assert rt.ledger.outcomes("p1", "r1") == {}
+    ingest(rt, client_updated(at="2026-12-01T09:00:00Z"))  # older than the renewal: out of order
+    assert fire_due(rt, clock, FIRST_DUE + timedelta(days=2, minutes=1)) == 1  # caught up at once
+    wait_for(lambda: outcome(rt) is not None)
+    assert outcome(rt).kind == "sent"
+    assert len(server.messages) == 1
+
+
+def test_a_claimed_reminder_whose_client_is_unknown_at_send_time_waits_for_it_and_records_nothing(pipeline):
+    rt, clock, server = pipeline
+    seed(rt)
+    clock.advance_to(FIRST_DUE)
+    claimed = rt.due_index.claim(clock.now(), lease_ms=60_000, limit=10)
+    # The renewal moves to a client whose details have not arrived (state changes, no re-plan yet).
+    moved = renewal_updated(client_id="c2", start_date="2027-03-15", at="2026-12-02T10:00:00Z")
+    rt.store.apply(parse_event(moved))
+    rt.actors.enqueue_deliveries(claimed)
+    rt.broker.join("deliveries", timeout=20_000)
+    assert rt.ledger.outcomes("p1", "r1") == {}
+    assert server.messages == []
+    assert rt.redis.zcard(rt.keys.claimed()) == 0 and rt.due_index.size() == 0
+    ingest(rt, client_updated(client_id="c2", domain="c2.example", at="2026-12-02T11:00:00Z"))
+    assert fire_due(rt, clock, FIRST_DUE + timedelta(minutes=1)) == 1
+    wait_for(lambda: outcome(rt) is not None)
+    assert outcome(rt).kind == "sent" and len(server.messages) == 1

@@ -12,6 +12,7 @@ import pytest
 
 from worker.events import ClientData, Contacts, OwnerData, PartnerData, Product, RenewalData
 from worker.planner import (
+    NO_CLIENT_DETAILS,
     Plan,
     deadline_end,
     local_instant,
@@ -214,11 +215,15 @@ def test_the_plan_uses_the_time_zone_of_the_effective_owner(
     assert result.planned[0].local_due_at.time() == time(9)
 
 
-def test_a_renewal_with_no_known_client_still_plans_in_the_partners_time_zone() -> None:
+def test_a_renewal_whose_client_has_not_arrived_plans_nothing_until_it_does() -> None:
     result = plan(client=None, partner=partner("Europe/Berlin"))
 
+    assert result.inactive_reason == NO_CLIENT_DETAILS
+    assert result.planned == () and result.skipped == ()
     assert result.timezone == "Europe/Berlin"
-    assert [p.reminder_id for p in result.planned] == ["first-notice", "second-notice", "final-notice"]
+    # Once the client is there, a reminder whose time passed meanwhile is caught up, not lost.
+    late = plan(client=client("Europe/Berlin"), partner=partner("Europe/Berlin"), now=utc(2025, 4, 2, 12))
+    assert (late.planned[0].reminder_id, late.planned[0].caught_up) == ("first-notice", True)
 
 
 def test_a_renewal_with_nothing_known_around_it_plans_in_utc() -> None:

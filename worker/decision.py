@@ -9,7 +9,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from .events import ClientData, OwnerData, PartnerData, Person, RenewalData
-from .planner import Plan
+from .planner import NO_CLIENT_DETAILS, Plan
 from .routing import ALL_CONTACT_ROLES, Routing, partner_user, route
 from .rules import RuleSet
 from .settings import ContactRole
@@ -63,6 +63,10 @@ def decide(
     """Re-check a due reminder against the current plan, then route it with the current owner and contacts."""
     if reminder_id not in rules.by_id:
         return Skip("rule_removed")
+    if plan.inactive_reason == NO_CLIENT_DETAILS or (client is None and plan.inactive_reason is None):
+        # The renewal arrived before its client: nothing is recorded, and the client's arrival
+        # plans the reminder again (caught up at once if its time has passed).
+        return Wait(NO_CLIENT_DETAILS)
     if plan.inactive_reason is not None:
         return Skip(plan.inactive_reason)
     for skipped in plan.skipped:
@@ -73,8 +77,8 @@ def decide(
         return Skip("not_applicable")
     if planned.due_at > now + NOT_DUE_TOLERANCE:
         return Wait(f"due at {planned.due_at.isoformat()}")
-    if client is None:
-        return Skip("no_client_details")
+    if client is None:  # pragma: no cover - answered above; kept for the type checker
+        return Wait(NO_CLIENT_DETAILS)
     routing = route(client, partner, override, contact_roles=contact_roles)
     if not routing.sendable:
         return Skip(routing.no_recipient_reason or "no_recipients")

@@ -16,6 +16,7 @@ from .routing import effective_owner
 from .rules import ReminderRule, RuleSet
 
 __all__ = [
+    "NO_CLIENT_DETAILS",
     "Plan",
     "PlannedReminder",
     "SkipReason",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 SkipReason = Literal["missed", "deadline_passed"]
+# The one reason a plan is empty only for now: the renewal is planned again when its client arrives.
+NO_CLIENT_DETAILS = "no_client_details"
 _UTC = ZoneInfo("UTC")
 
 
@@ -154,7 +157,9 @@ def plan_renewal(
     if renewal is None:
         return Plan("", None, tz.key, inactive_reason="removed")
     deadline = renewal_deadline(renewal.start_date, rules)
-    inactive = _inactive_reason(renewal, rules, removed=removed, services_ended=services_ended)
+    inactive = _inactive_reason(
+        renewal, rules, removed=removed, services_ended=services_ended, client_known=client is not None
+    )
     if inactive is not None:
         return Plan(renewal.renewal_id, deadline, tz.key, inactive_reason=inactive)
 
@@ -186,11 +191,17 @@ def plan_renewal(
     return Plan(renewal.renewal_id, deadline, tz.key, tuple(planned), tuple(skipped_list))
 
 
-def _inactive_reason(renewal: RenewalData, rules: RuleSet, *, removed: bool, services_ended: bool) -> str | None:
+def _inactive_reason(
+    renewal: RenewalData, rules: RuleSet, *, removed: bool, services_ended: bool, client_known: bool
+) -> str | None:
     if removed:
         return "removed"
     if services_ended:
         return "services_ended"
     if not any(renewal.status in rule.statuses for rule in rules.reminders):
         return f"status_{renewal.status}"
+    if not client_known:
+        # Events may arrive out of order: the renewal before its client. Nothing can be addressed,
+        # nor its time zone known, until the client's details arrive; they re-plan it then.
+        return NO_CLIENT_DETAILS
     return None
