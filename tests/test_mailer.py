@@ -404,3 +404,31 @@ def test_the_outbox_keeps_hostile_message_ids_inside_the_folder_and_apart(
 def test_build_mailer_uses_smtp_when_a_host_is_set_and_the_outbox_otherwise(tmp_path: Path) -> None:
     assert isinstance(build_mailer(Settings(smtp_host="mail.example.com")), SmtpPool)
     assert isinstance(build_mailer(Settings(smtp_host=None, outbox_dir=tmp_path)), OutboxMailer)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "client@example.com",
+        "jürgen@bücher.de",
+        "first.last+tag@sub.example.co.uk",
+        "Client Name <client@example.com>",
+        '"quoted local"@example.com',
+        "client@[192.0.2.1]",
+    ],
+)
+def test_the_mailbox_on_mail_and_rcpt_is_what_aiosmtplib_would_send(address: str) -> None:
+    # The fast path skips parseaddr for a bare addr-spec; anything else goes through aiosmtplib's own parser.
+    from aiosmtplib.email import parse_address
+
+    from worker.mailer import _mailbox
+
+    assert _mailbox(address) == parse_address(address)
+
+
+@pytest.mark.parametrize("address", ["a@b.example\r\nRSET", "a b@example.com", "a@b.example>", "<a@b.example> SIZE=1"])
+def test_an_address_that_could_inject_smtp_never_takes_the_fast_path(closed_port: int, address: str) -> None:
+    settings = Settings(smtp_host="127.0.0.1", smtp_port=closed_port, smtp_security="none")
+
+    with pytest.raises(ValueError):
+        send_one(settings, recipients=[address])
