@@ -135,7 +135,7 @@ def test_a_due_reminder_arrives_with_recipients_subject_parts_locale_reply_to_an
     assert msg["Content-Language"] == "de"
     assert msg["Reply-To"].addresses[0].addr_spec == "olivia@platform.example"
     assert msg["Message-ID"] == message_id_for("p1", "r1", "first-notice", domain="platform.example")
-    assert msg["X-Renewal-Reminder"] == "r1/first-notice"
+    assert msg["X-Renewal-Reminder"] == "p1/r1/first-notice"
     assert msg["Date"].datetime == FIRST_DUE
     text = msg.get_body(("plain",)).get_content()
     html = msg.get_body(("html",)).get_content()

@@ -37,7 +37,11 @@ def test_each_reminder_is_written_with_virtual_date_tag_and_locale(tmp_path):
     )
     report = simulate(events, until=datetime(2027, 2, 1, tzinfo=UTC), outbox=tmp_path / "out")
     messages = read_outbox(tmp_path / "out")
-    assert [m["X-Renewal-Reminder"] for m in messages] == ["r1/first-notice", "r1/second-notice", "r1/final-notice"]
+    assert [m["X-Renewal-Reminder"] for m in messages] == [
+        "p1/r1/first-notice",
+        "p1/r1/second-notice",
+        "p1/r1/final-notice",
+    ]
     assert [m["Date"].datetime for m in messages] == [
         datetime(2026, 12, 30, 8, 0, tzinfo=UTC),
         datetime(2027, 1, 22, 8, 0, tzinfo=UTC),
@@ -80,7 +84,7 @@ def test_ended_services_stop_reminders_already_planned(tmp_path):
         ],
     )
     report = simulate(events, until=datetime(2027, 3, 1, tzinfo=UTC), outbox=tmp_path / "out")
-    assert [m["X-Renewal-Reminder"] for m in read_outbox(tmp_path / "out")] == ["r1/first-notice"]
+    assert [m["X-Renewal-Reminder"] for m in read_outbox(tmp_path / "out")] == ["p1/r1/first-notice"]
     assert any("services_ended" in line for line in report.inactive)
 
 
@@ -97,7 +101,7 @@ def test_the_clock_never_moves_back_and_invalid_events_are_reported_and_skipped(
     report = simulate(events, until=datetime(2027, 1, 11, tzinfo=UTC), outbox=tmp_path / "out")
     assert len(report.rejected) == 1 and "events.jsonl:2" in report.rejected[0]
     (message,) = read_outbox(tmp_path / "out")
-    assert message["X-Renewal-Reminder"] == "r1/first-notice"
+    assert message["X-Renewal-Reminder"] == "p1/r1/first-notice"
     assert message["Date"].datetime == datetime(2027, 1, 10, tzinfo=UTC)
 
 

@@ -196,7 +196,8 @@ async def _attempt(
             cc=cc,
             reply_to=_reply_to(send),
             message_id=message_id,
-            reminder_tag=f"{renewal_id}/{reminder_id}",
+            # Renewal ids are unique per partner only: the partner id makes the tag name one reminder.
+            reminder_tag=f"{partner_id}/{renewal_id}/{reminder_id}",
             sent_at=now,
         )
         result = await rt.mailer.send(
