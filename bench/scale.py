@@ -33,7 +33,7 @@ from .context import DEFAULT_RULES, BenchContext
 from .data import Population
 from .procs import Service, rss_kib, start_scheduler, start_workers, wait_until
 from .profiling import PySpy, Recording, summarize
-from .seed import forget_marks, pending_marks, seed_parallel
+from .seed import forget_marks, pending_marks, planned_reminders, seed_parallel
 
 __all__ = [
     "changed_rules",
@@ -313,8 +313,9 @@ def run_scale(
         planned = _seed(ctx, pop, "plan", processes=seed_processes)
         result["seed"] = {"store": stored, "plan": planned, "marks_left": marks_left}
         used_after = _used_memory(ctx)
-        reminders = rt.due_index.size()
+        indexed, reminders = planned_reminders(rt, pop.refs())
         result["planned_reminders"] = reminders
+        result["indexed_renewals"] = indexed
         result["population"] = {
             "partners": pop.partners,
             "clients": pop.renewals,

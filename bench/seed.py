@@ -12,7 +12,7 @@ import json
 import multiprocessing
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "pending_marks",
     "plan_marked",
     "plan_refs",
+    "planned_reminders",
     "seed_parallel",
     "trusted_event",
 ]
@@ -152,3 +153,20 @@ def seed_parallel(
         ]
         results = [job.get(timeout=timeout_s) for job in jobs]
     return {"count": sum(r[0] for r in results), "wall_s": round(time.perf_counter() - started, 2)}
+
+
+def planned_reminders(rt: Runtime, refs: Sequence[tuple[str, str]], *, sample: int = 100) -> tuple[int, int]:
+    """(renewals in the due index, reminders planned for them).
+
+    The due index holds each renewal's next reminder only; the others are in its plan, which is
+    read for a sample of the renewals and must be as long for each (a benchmark population's
+    renewals are all alike), so the count is not an estimate from the rules.
+    """
+    indexed = rt.due_index.size()
+    step = max(1, len(refs) // sample)
+    rules, now = rt.rules(), datetime.now(UTC)
+    views = rt.planning.views(list(refs[::step][:sample]))
+    lengths = {len(view.plan(rules, now).planned) for view in views}
+    if len(lengths) != 1:
+        raise RuntimeError(f"the sampled renewals have plans of different lengths: {sorted(lengths)}")
+    return indexed, indexed * lengths.pop()

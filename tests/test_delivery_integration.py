@@ -104,7 +104,9 @@ def pipeline(smtp_server, redis_url) -> Iterator[tuple[Runtime, VirtualClock, ob
 
 
 def fire_due(rt: Runtime, clock: VirtualClock, moment: datetime) -> int:
+    """One scheduler tick at ``moment``: plan what is marked (as the service's tick does), then enqueue."""
     clock.advance_to(moment)
+    rt.planning.flush(rt.rules(), clock.now())
     return Scheduler(rt.due_index, rt.actors.enqueue_deliveries, clock.now).run_once()
 
 

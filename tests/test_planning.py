@@ -28,7 +28,14 @@ def make_runtime(now: datetime = NOW) -> Runtime:
 
 @pytest.fixture
 def rt() -> Runtime:
-    return make_runtime()
+    """A runtime whose partners p1 and p2 already know client c1 (older than any test's events):
+    a renewal is planned only once its client is known."""
+    runtime = make_runtime()
+    for pid in ("p1", "p2"):
+        raw = client_updated(partner_id=pid, at="2026-01-01T00:00:00Z", event_id=f"fixture-client-{pid}")
+        runtime.store.apply(parse_event(raw), now=NOW)
+    runtime.planning.flush(runtime.rules(), NOW)
+    return runtime
 
 
 def ingest(rt: Runtime, raw) -> str:
@@ -44,15 +51,21 @@ def due_entries(rt: Runtime) -> dict[tuple[str, str, str], datetime]:
     return {parse_due_member(m): datetime.fromtimestamp(score / 1000, tz=UTC) for m, score in rows}
 
 
-def test_a_new_pending_renewal_plans_every_reminder_in_the_due_index(rt):
+def test_a_new_pending_renewal_indexes_its_next_reminder_and_each_final_one_brings_the_next(rt):
     ingest(rt, client_updated(timezone="Europe/Berlin"))
     ingest(rt, renewal_updated(start_date="2027-03-15"))  # deadline 2027-01-29
-    due = due_entries(rt)
-    assert due == {
-        ("p1", "r1", "first-notice"): datetime(2026, 12, 30, 8, 0, tzinfo=UTC),
-        ("p1", "r1", "second-notice"): datetime(2027, 1, 22, 8, 0, tzinfo=UTC),
-        ("p1", "r1", "final-notice"): datetime(2027, 1, 28, 8, 0, tzinfo=UTC),
-    }
+    expected = [
+        ("first-notice", datetime(2026, 12, 30, 8, 0, tzinfo=UTC)),
+        ("second-notice", datetime(2027, 1, 22, 8, 0, tzinfo=UTC)),
+        ("final-notice", datetime(2027, 1, 28, 8, 0, tzinfo=UTC)),
+    ]
+    for reminder_id, due_at in expected:
+        assert due_entries(rt) == {("p1", "r1", reminder_id): due_at}  # one entry per renewal
+        rt.ledger.finish("p1", "r1", reminder_id, Outcome("sent", due_at))  # marks the renewal
+        assert due_entries(rt) == {}
+        rt.planning.flush(rt.rules(), due_at)
+    assert due_entries(rt) == {}
+    assert set(rt.ledger.outcomes("p1", "r1")) == {"first-notice", "second-notice", "final-notice"}
 
 
 def test_a_client_time_zone_change_re_plans_its_renewals(rt):
@@ -83,7 +96,7 @@ def test_removal_empties_the_plan_and_a_newer_update_brings_it_back(rt):
     ingest(rt, renewal_removed(at="2026-12-02T00:00:00Z"))
     assert due_entries(rt) == {}
     ingest(rt, renewal_updated(at="2026-12-03T00:00:00Z"))
-    assert len(due_entries(rt)) == 3
+    assert [key[2] for key in due_entries(rt)] == ["first-notice"]
 
 
 def test_a_status_other_than_pending_plans_nothing(rt):
@@ -214,6 +227,7 @@ def _deliver_due(rt: Runtime, clock: VirtualClock, sent: list[tuple[str, str, st
         else:
             rt.due_index.release(item.member)
             rt.planning.replan(item.partner_id, item.renewal_id, rules, clock.now())
+    rt.planning.flush(rules, clock.now())  # as the scheduler's tick: index each renewal's next reminder
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -249,7 +263,7 @@ def test_applied_events_mark_what_to_re_plan_and_flush_plans_it_in_batches(rt):
     assert rt.redis.zcard(rt.keys.dirty()) == 1200
     assert rt.planning.flush(rt.rules(), NOW) == 1200
     assert rt.redis.zcard(rt.keys.dirty()) == 0
-    assert len(due_entries(rt)) == 3 * 1200
+    assert len(due_entries(rt)) == 1200  # each renewal's next reminder
 
 
 def test_a_client_change_marks_every_renewal_of_the_client_through_one_mark(rt):
@@ -304,19 +318,14 @@ def test_a_re_plan_under_new_rules_replaces_exactly_the_previous_plan(rt, tmp_pa
         rt.store.apply(parse_event(renewal_updated(renewal_id=rid, start_date="2027-03-15")))
     rt.planning.replan_many("p1", ["r1", "r2"], load_rules(old), NOW)
     rt.planning.replan("p1", "r1", load_rules(new), NOW)
-    assert sorted(due_entries(rt)) == [
-        ("p1", "r1", "late"),
-        ("p1", "r1", "later"),
-        ("p1", "r2", "early"),
-        ("p1", "r2", "late"),
-    ]
+    assert sorted(due_entries(rt)) == [("p1", "r1", "late"), ("p1", "r2", "early")]
     due = due_entries(rt)
     assert due[("p1", "r1", "late")] == due[("p1", "r2", "early")], "the id 'late' moved to the new rule's time"
 
 
 def test_a_removed_renewal_leaves_no_plan_bookkeeping_behind(rt):
     ingest(rt, renewal_updated(at="2026-12-01T00:00:00Z", start_date="2027-03-15"))
-    assert len(due_entries(rt)) == 3
+    assert len(due_entries(rt)) == 1
     ingest(rt, renewal_removed(at="2026-12-02T00:00:00Z"))
     assert due_entries(rt) == {}
     record = rt.keys.renewal("p1", "r1")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import fakeredis
 import pytest
-from factories import renewal_updated
+from factories import client_updated, renewal_updated
 
 from worker.clock import VirtualClock
 from worker.events import parse_event
@@ -39,9 +39,10 @@ def runtime_with_rules(tmp_path):
     settings = load_settings(redis_url=None, rules_path=rules, rules_reload_s=0.001)
     clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
     rt = build_runtime(settings, clock=clock, redis_client=fakeredis.FakeRedis())
-    event = parse_event(renewal_updated(start_date="2027-03-15"))
-    rt.store.apply(event)
-    rt.planning.replan_for_event(event, rt.rules(), clock.now())
+    for raw in (client_updated(), renewal_updated(start_date="2027-03-15")):
+        event = parse_event(raw)
+        rt.store.apply(event)
+        rt.planning.replan_for_event(event, rt.rules(), clock.now())
     return rt, rules
 
 

@@ -81,7 +81,7 @@ async def deliver_many(rt: Runtime, refs: Sequence[ReminderRef], *, last_try: bo
     views = rt.planning.views([(pid, rid) for pid, rid, _ in refs])
     results: list[str | Exception] = [""] * len(refs)
     batch = _Batch()
-    sends: list[tuple[int, Send]] = []
+    sends: list[tuple[int, Send, bool]] = []
     replan: list[tuple[str, str]] = []
     for i, (ref, view) in enumerate(zip(refs, views, strict=True)):
         partner_id, renewal_id, reminder_id = ref
@@ -90,9 +90,13 @@ async def deliver_many(rt: Runtime, refs: Sequence[ReminderRef], *, last_try: bo
             results[i] = "already_final"
             continue
         client = view.client
+        plan = view.plan(rules, now)
+        # Once this reminder is final, the renewal is planned again when another reminder follows:
+        # the due index holds only each renewal's next one.
+        plan_next = any(p.reminder_id != reminder_id for p in plan.planned)
         decision = decide(
             reminder_id,
-            view.plan(rules, now),
+            plan,
             renewal=view.renewal.renewal,
             client=client.client if client else None,
             partner=view.partner,
@@ -107,10 +111,10 @@ async def deliver_many(rt: Runtime, refs: Sequence[ReminderRef], *, last_try: bo
             replan.append((partner_id, renewal_id))
             results[i] = "waiting"
         elif isinstance(decision, Skip):
-            batch.finish.append((ref, Outcome("skipped", now, reason=decision.reason), ""))
+            batch.finish.append((ref, Outcome("skipped", now, reason=decision.reason), "", plan_next))
             results[i] = f"skipped:{decision.reason}"
         else:
-            sends.append((i, decision))
+            sends.append((i, decision, plan_next))
     if replan:
         rt.ledger.finish_many([], release=batch.release)  # out of the claimed set before re-planning
         batch.release = []
@@ -119,10 +123,10 @@ async def deliver_many(rt: Runtime, refs: Sequence[ReminderRef], *, last_try: bo
 
     # One round trip: the lease on each reminder to send, and which of its recipients are suppressed.
     claims = rt.ledger.claim_many(
-        [(refs[i], [r.person.email for r in send.routing.to + send.routing.cc]) for i, send in sends]
+        [(refs[i], [r.person.email for r in send.routing.to + send.routing.cc]) for i, send, _ in sends]
     )
     attempts = []
-    for (i, send), (claim, token, flags) in zip(sends, claims, strict=True):
+    for (i, send, plan_next), (claim, token, flags) in zip(sends, claims, strict=True):
         ref = refs[i]
         if claim == "final":
             batch.release.append(due_member(*ref))
@@ -131,7 +135,10 @@ async def deliver_many(rt: Runtime, refs: Sequence[ReminderRef], *, last_try: bo
             _keep_claim(rt, *ref)
             results[i] = LeaseBusy(f"{ref[1]}/{ref[2]} is being sent by another worker")
         else:
-            attempts.append((i, _attempt(rt, ref, send, token, flags, now=now, last_try=last_try, batch=batch)))
+            attempt = _attempt(
+                rt, ref, send, token, flags, now=now, last_try=last_try, plan_next=plan_next, batch=batch
+            )
+            attempts.append((i, attempt))
     try:
         done = await asyncio.gather(*(a for _, a in attempts), return_exceptions=True) if attempts else []
     finally:
@@ -148,7 +155,7 @@ class _Batch:
     """What one batch writes at its end, in one round trip."""
 
     def __init__(self) -> None:
-        self.finish: list[tuple[ReminderRef, Outcome, str]] = []
+        self.finish: list[tuple[ReminderRef, Outcome, str, bool]] = []
         self.suppress: list[str] = []
         self.release: list[str | bytes] = []
 
@@ -162,6 +169,7 @@ async def _attempt(
     *,
     now: datetime,
     last_try: bool,
+    plan_next: bool,
     batch: _Batch,
 ) -> str | Exception:
     """Render, build and send one claimed reminder; its outcome goes into ``batch``."""
@@ -173,7 +181,7 @@ async def _attempt(
     suppressed = [p.email for p, flag in zip(people_to + people_cc, flags, strict=True) if flag]
     if not to:
         outcome = Outcome("suppressed", now, reason="every recipient is suppressed", extra={"addresses": suppressed})
-        batch.finish.append((ref, outcome, token))
+        batch.finish.append((ref, outcome, token, plan_next))
         return "suppressed"
 
     message_id = message_id_for(partner_id, renewal_id, reminder_id, domain=_from_domain(rt.settings.mail_from))
@@ -206,13 +214,13 @@ async def _attempt(
     except ValueError as exc:
         # The data cannot make a valid message (build_message refuses it): no retry can help.
         outcome = Outcome("failed", now, reason="invalid_message", message_id=message_id, reply=str(exc))
-        batch.finish.append((ref, outcome, token))
+        batch.finish.append((ref, outcome, token, plan_next))
         _log.error("%s/%s cannot be built: %s", renewal_id, reminder_id, exc)
         return "failed"
     except PermanentSendError as exc:
         batch.suppress.extend(exc.recipients)
         outcome = Outcome("failed", now, reason="refused", message_id=message_id, reply=str(exc))
-        batch.finish.append((ref, outcome, token))
+        batch.finish.append((ref, outcome, token, plan_next))
         _log.error("%s/%s refused: %s", renewal_id, reminder_id, exc)
         return "failed"
     except Exception as exc:
@@ -223,7 +231,7 @@ async def _attempt(
             _keep_claim(rt, partner_id, renewal_id, reminder_id)
             return exc
         outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
-        batch.finish.append((ref, outcome, ""))
+        batch.finish.append((ref, outcome, "", plan_next))
         _log.error("%s/%s failed after retries: %s", renewal_id, reminder_id, exc)
         return "failed"
     except BaseException:
@@ -246,5 +254,5 @@ async def _attempt(
         reply=result.reply,
         extra=extra,
     )
-    batch.finish.append((ref, outcome, token))
+    batch.finish.append((ref, outcome, token, plan_next))
     return "sent"

@@ -13,6 +13,7 @@ import redis
 
 from .keys import SEP, Keys
 from .scripts import LuaScript, run_pipeline
+from .store import dirty_member
 
 __all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "ReminderRef", "due_member", "parse_due_member"]
 
@@ -80,13 +81,16 @@ if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 'claimed
 return 'busy'
 """
 
-# Writing the outcome, dropping the lease, un-planning the reminder and ending its in-flight claim
-# is one step, so no other worker or re-plan can see the reminder neither final nor claimed.
+# Writing the outcome, dropping the lease, un-planning the reminder, ending its in-flight claim and
+# marking the renewal to be planned again (the due index holds only its next reminder; ARGV[5] is
+# '' when nothing follows) is one step, so no other worker or re-plan can see the reminder neither
+# final nor claimed, and the next reminder cannot be forgotten.
 _FINISH = """
 local written = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 redis.call('ZREM', KEYS[3], ARGV[4])
 redis.call('ZREM', KEYS[4], ARGV[4])
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5]) end
 return written
 """
 
@@ -143,25 +147,42 @@ class Ledger:
         """Give the lease back without an outcome (a retryable failure): another attempt may take it."""
         self._release(keys=[self.keys.lease(partner_id, renewal_id, reminder_id)], args=[token])
 
-    def finish(self, partner_id: str, renewal_id: str, reminder_id: str, outcome: Outcome, token: str = "") -> bool:
-        """Record the final outcome; False when one was already there (it is never overwritten)."""
-        return self.finish_many([((partner_id, renewal_id, reminder_id), outcome, token)])[0]
+    def finish(
+        self,
+        partner_id: str,
+        renewal_id: str,
+        reminder_id: str,
+        outcome: Outcome,
+        token: str = "",
+        *,
+        plan_next: bool = True,
+    ) -> bool:
+        """Record the final outcome; False when one was already there (it is never overwritten).
+
+        ``plan_next`` marks the renewal to be planned again, which puts its next reminder in the due
+        index; the delivery leaves it out when the plan it read has no other reminder.
+        """
+        return self.finish_many([((partner_id, renewal_id, reminder_id), outcome, token, plan_next)])[0]
 
     def finish_many(
         self,
-        items: Sequence[tuple[ReminderRef, Outcome, str]],
+        items: Sequence[tuple[ReminderRef, Outcome, str, bool]],
         *,
         suppress: Sequence[str] = (),
         release: Sequence[str | bytes] = (),
     ) -> list[bool]:
-        """``finish`` many reminders in one round trip, with the addresses to suppress and the
-        scheduler claims to release (reminders already final or handed back to planning)."""
+        """``finish`` many reminders (ref, outcome, lease token, plan_next) in one round trip, with the
+        addresses to suppress and the scheduler claims to release (reminders already final or handed
+        back to planning)."""
         k = self.keys
 
         def build(pipe: redis.client.Pipeline) -> None:
-            for (pid, rid, rem), outcome, token in items:
-                keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.due(), k.claimed()]
-                self._finish.queue(pipe, keys=keys, args=[rem, token, outcome.to_json(), due_member(pid, rid, rem)])
+            for (pid, rid, rem), outcome, token, plan_next in items:
+                keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.due(), k.claimed(), k.dirty()]
+                mark = dirty_member("renewal", pid, rid) if plan_next else ""
+                score = int(outcome.at.timestamp() * 1000)
+                args = [rem, token, outcome.to_json(), due_member(pid, rid, rem), mark, score]
+                self._finish.queue(pipe, keys=keys, args=args)
             if suppress:
                 pipe.sadd(k.suppressed(), *[e.casefold() for e in suppress])
             if release:

@@ -66,7 +66,9 @@ class RenewalView:
         )
 
 
-# Replaces a renewal's planned reminders in the due index, unless a record the plan was made from
+# Replaces a renewal's entry in the due index with its next planned reminder (the planner's first:
+# the others follow once it is final, when the delivery marks the renewal to be planned again;
+# one entry per renewal, not per reminder, keeps the index a third of the size), unless a record the plan was made from
 # changed since it was read (then it returns 0 and the caller plans again from fresh state): an
 # optimistic check that costs no WATCH round trips, so thousands of renewals go in one pipeline.
 # The previous plan is removed by trying every reminder id ever planned (a handful, kept in one
@@ -268,8 +270,10 @@ class Planning:
         k = self.keys
         pid, rid = view.partner_id, view.renewal_id
         args: list[str | int] = [len(view.version), *(stamp for _, stamp in view.version), len(view.outcomes)]
-        args += [due_member_prefix(pid, rid), len(plan.planned)]
-        for item in plan.planned:
+        # Only the next reminder is indexed (see _WRITE_PLAN): the plan is sorted by due time.
+        upcoming = plan.planned[:1]
+        args += [due_member_prefix(pid, rid), len(upcoming)]
+        for item in upcoming:
             args += [item.reminder_id, epoch_ms(item.due_at)]
         for skip in plan.skipped:
             outcome = Outcome("skipped", now, reason=skip.reason, extra={"due_at": skip.due_at.isoformat()})

@@ -56,6 +56,8 @@ class _Simulation:
         self.rt.broker.join(EVENTS_QUEUE, timeout=60_000)
         self.rt.planning.flush(self.rt.rules(), self.clock.now())
         self.rt.broker.join(DELIVERIES_QUEUE, timeout=60_000)
+        # A final reminder marks its renewal: planning it again indexes the renewal's next reminder.
+        self.rt.planning.flush(self.rt.rules(), self.clock.now())
 
     def advance_to(self, target: datetime) -> None:
         """Deliver, in due order, everything due at or before ``target``, moving the clock as it goes."""
