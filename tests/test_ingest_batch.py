@@ -200,3 +200,19 @@ def test_renewals_enqueue_sends_the_good_lines_in_batches_in_file_order(runtime,
     drain(runtime)
     assert runtime.store.partner_ids() == sorted(f"p{i}" for i in range(7))
     assert runtime.store.dead_letters() == []  # a line refused by enqueue never reaches the queue
+
+
+def test_renewals_enqueue_refuses_a_line_the_worker_would_dead_letter_as_dated_too_far_ahead(runtime, tmp_path, capsys):
+    from worker.cli import main
+
+    ahead = runtime.clock.now() + timedelta(seconds=runtime.settings.event_max_future_s + 3600)
+    lines = [
+        json.dumps(partner_updated(partner_id="p1")),
+        json.dumps(partner_updated(partner_id="p2", at=ahead.isoformat())),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["enqueue", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "enqueued 1 event(s), rejected 1" in captured.out
+    assert f"{path}:2: occurred_at: is " in captured.err and "EVENT_MAX_FUTURE_S" in captured.err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -29,6 +29,7 @@ __all__ = [
     "handle_event_message",
     "ingest_batch",
     "ingest_event",
+    "refuse_far_future",
     "screen_event",
 ]
 
@@ -47,10 +48,15 @@ def screen_event(raw: str, *, now: datetime, max_future_s: int) -> Event:
     A producer with a wrong clock would, once applied, make every real event look stale.
     """
     event = parse_event(raw)
+    refuse_far_future(event, now=now, max_future_s=max_future_s)
+    return event
+
+
+def refuse_far_future(event: Event, *, now: datetime, max_future_s: int) -> None:
+    """Raise InvalidEvent when ``occurred_at`` is further ahead of ``now`` than ``max_future_s``."""
     ahead = event.occurred_at - now
     if ahead.total_seconds() > max_future_s:
         raise InvalidEvent([("occurred_at", f"is {ahead} in the future (EVENT_MAX_FUTURE_S={max_future_s})")])
-    return event
 
 
 def _retries_left() -> bool:
@@ -173,14 +179,25 @@ async def deliver_batch(items: list[list[Any]]) -> None:
     refs = [(str(pid), str(rid), str(rem)) for pid, rid, rem, _ in items]
     results = await deliver_many(rt, refs, last_try=retries >= rt.settings.delivery_max_retries)
     errors = []
-    for (_, renewal_id, reminder_id), item, result in zip(refs, items, results, strict=True):
+    for (partner_id, renewal_id, reminder_id), item, result in zip(refs, items, results, strict=True):
+        due = _due_text(item[3])
         if isinstance(result, Exception):
             errors.append(result)
-            _log_delivery.warning("reminder %s/%s (due %s): will retry: %s", renewal_id, reminder_id, item[3], result)
+            _log_delivery.warning(
+                "reminder %s/%s/%s (due %s): will retry: %s", partner_id, renewal_id, reminder_id, due, result
+            )
         else:
-            _log_delivery.info("reminder %s/%s (due %s): %s", renewal_id, reminder_id, item[3], result)
+            _log_delivery.info("reminder %s/%s/%s (due %s): %s", partner_id, renewal_id, reminder_id, due, result)
     if errors:
         raise errors[0]
+
+
+def _due_text(due_ms: object) -> str:
+    """The due time of a delivery message (epoch milliseconds) as UTC, for the log."""
+    try:
+        return datetime.fromtimestamp(int(due_ms) / 1000, tz=UTC).isoformat(timespec="seconds")  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return repr(due_ms)
 
 
 class Actors:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
+    from .actors import refuse_far_future
     from .events import parse_event_json
     from .publish import send_batches
     from .runtime import get_runtime
@@ -37,7 +38,9 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             try:
-                _, text = parse_event_json(line.strip())
+                event, text = parse_event_json(line.strip())
+                # The worker's own check, here too: it would dead-letter an event dated too far ahead.
+                refuse_far_future(event, now=rt.clock.now(), max_future_s=rt.settings.event_max_future_s)
             except InvalidEvent as exc:
                 bad += 1
                 for field, message in exc.errors:

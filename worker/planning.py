@@ -159,6 +159,7 @@ class Planning:
                 else:
                     client_id = item_id if kind == "client" else None
                     pairs.extend((partner_id, rid) for rid in self.store.renewal_ids(partner_id, client_id))
+            pairs = list(dict.fromkeys(pairs))  # a renewal marked itself and through its client: planned once
             for start in range(0, len(pairs), _BATCH):
                 self._replan_batch(pairs[start : start + _BATCH], rules, now)
             planned += len(pairs)
