@@ -429,3 +429,20 @@ def test_a_claimed_reminder_whose_client_is_unknown_at_send_time_waits_for_it_an
     assert fire_due(rt, clock, FIRST_DUE + timedelta(minutes=1)) == 1
     wait_for(lambda: outcome(rt) is not None)
     assert outcome(rt).kind == "sent" and len(server.messages) == 1
+
+
+def test_a_wrong_smtp_password_is_retried_not_failed_and_sends_once_the_setting_is_fixed(smtp_server_auth, redis_url):
+    from worker.errors import ConfigError
+
+    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
+    wrong = make_runtime(smtp_server_auth, redis_url, clock, smtp_password="not the password")
+    seed(wrong)
+    clock.advance_to(FIRST_DUE)
+    with pytest.raises(ConfigError):
+        deliver_now(wrong)
+    assert wrong.ledger.outcome("p1", "r1", "first-notice") is None  # nothing final: the retry may send
+    wrong.close()
+    fixed = make_runtime(smtp_server_auth, redis_url, clock)
+    assert deliver_now(fixed) == "sent"
+    assert len(smtp_server_auth.messages) == 1
+    fixed.close()

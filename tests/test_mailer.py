@@ -336,11 +336,13 @@ def test_credentials_are_never_sent_over_plaintext_even_when_settings_skipped_va
 
 
 @pytest.mark.integration
-def test_a_wrong_password_raises_permanent_send_error_with_code_535(smtp_server_auth: SmtpServer) -> None:
-    with pytest.raises(PermanentSendError) as raised:
+def test_a_wrong_password_is_a_config_error_naming_the_settings_not_a_refused_message(
+    smtp_server_auth: SmtpServer,
+) -> None:
+    with pytest.raises(ConfigError, match=r"535.*SMTP_PASSWORD") as raised:
         send_one(smtp_server_auth.make_settings(smtp_password=PASSWORD + "?"))
 
-    assert raised.value.code == 535
+    assert not isinstance(raised.value, PermanentSendError)  # the delivery retries it, it does not fail it
     assert smtp_server_auth.messages == []
 
 

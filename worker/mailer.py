@@ -88,10 +88,10 @@ class SmtpPool:
 
     Error translation: 4xx replies, refused or lost connections and timeouts raise TransientSendError;
     5xx replies raise PermanentSendError, with ``recipients`` naming the addresses refused at RCPT
-    (empty when the server refused the message itself, at MAIL or DATA). A failed login is a
-    PermanentSendError too (``code`` 535 for bad credentials), so the message is dead-lettered with the
-    server's reason rather than retried against the same wrong password. Settings the server cannot
-    honour (no STARTTLS, no AUTH, an untrusted certificate) raise ConfigError.
+    (empty when the server refused the message itself, at MAIL or DATA). A session the server
+    refuses for good (a failed login, 535 for bad credentials, or a 5xx greeting) and settings it
+    cannot honour (no STARTTLS, no AUTH, an untrusted certificate) raise ConfigError: nothing is
+    wrong with the message, so its delivery is retried with backoff while ops fix the settings.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -326,7 +326,8 @@ def _translate(exc: SMTPResponseException, where: str, stage: str, detail: str) 
 def _connect_error(where: str, exc: Exception) -> RenewalsError:
     if isinstance(exc, SMTPResponseException):
         if _is_permanent(exc.code):
-            return PermanentSendError(f"SMTP {where} refused the session: {exc.code} {exc.message}", code=exc.code)
+            hint = " (check SMTP_USERNAME and SMTP_PASSWORD)" if exc.code in (530, 534, 535) else ""
+            return ConfigError(f"SMTP {where} refused the session: {exc.code} {exc.message}{hint}")
         return TransientSendError(f"SMTP {where} deferred the session: {exc.code} {exc.message}", code=exc.code)
     if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
         return ConfigError(f"SMTP {where}: TLS failed (is the CA in SMTP_CA_FILE, is the port right?): {exc}")
