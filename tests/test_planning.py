@@ -132,6 +132,8 @@ def test_a_claimed_reminder_is_not_put_back_by_a_re_plan(rt):
     assert [c.reminder_id for c in claimed] == ["first-notice"]
     ingest(rt, client_updated(at="2026-12-01T01:00:00Z"))
     assert ("p1", "r1", "first-notice") not in due_entries(rt)
+    # While the first is in flight, the plan's next reminder holds the renewal's place in the index.
+    assert list(due_entries(rt)) == [("p1", "r1", "second-notice")]
 
 
 def test_a_rule_change_re_plans_every_renewal(rt, tmp_path):

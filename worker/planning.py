@@ -66,9 +66,10 @@ class RenewalView:
         )
 
 
-# Replaces a renewal's entry in the due index with its next planned reminder (the planner's first:
-# the others follow once it is final, when the delivery marks the renewal to be planned again;
-# one entry per renewal, not per reminder, keeps the index a third of the size), unless a record the plan was made from
+# Replaces a renewal's entry in the due index with its next planned reminder (the planner's first,
+# or the second while the first is claimed: the others follow once it is final, when the delivery
+# marks the renewal to be planned again; one entry per renewal, not per reminder, keeps the index a
+# third of the size), unless a record the plan was made from
 # changed since it was read (then it returns 0 and the caller plans again from fresh state): an
 # optimistic check that costs no WATCH round trips, so thousands of renewals go in one pipeline.
 # The previous plan is removed by trying every reminder id ever planned (a handful, kept in one
@@ -90,10 +91,14 @@ if redis.call('HLEN', KEYS[4]) ~= tonumber(ARGV[k + 2]) then return 0 end
 local prefix = ARGV[k + 3]
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('ZREM', KEYS[1], prefix .. id) end
 local i = k + 5
+local indexed = false
 for _ = 1, tonumber(ARGV[k + 4]) do
   local m = prefix .. ARGV[i]
   redis.call('SADD', KEYS[2], ARGV[i])
-  if not redis.call('ZSCORE', KEYS[3], m) then redis.call('ZADD', KEYS[1], ARGV[i + 1], m) end
+  if not indexed and not redis.call('ZSCORE', KEYS[3], m) then
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], m)
+    indexed = true
+  end
   i = i + 2
 end
 while i <= #ARGV do
@@ -271,8 +276,10 @@ class Planning:
         k = self.keys
         pid, rid = view.partner_id, view.renewal_id
         args: list[str | int] = [len(view.version), *(stamp for _, stamp in view.version), len(view.outcomes)]
-        # Only the next reminder is indexed (see _WRITE_PLAN): the plan is sorted by due time.
-        upcoming = plan.planned[:1]
+        # Only the next reminder is indexed (the plan is sorted by due time); the one after it is
+        # sent along for when the next is in flight, so that a plan changed meanwhile (new rules
+        # adding a later reminder) is never left without an entry.
+        upcoming = plan.planned[:2]
         args += [due_member_prefix(pid, rid), len(upcoming)]
         for item in upcoming:
             args += [item.reminder_id, epoch_ms(item.due_at)]
