@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import dramatiq
 import pytest
+from draining import drain
 from factories import client_updated, partner_updated, renewal_updated
 
 from worker import publish_many
@@ -36,16 +36,6 @@ def runtime(redis_url: str) -> Iterator[Runtime]:
     yield rt
     set_runtime(None)
     rt.close()
-
-
-def drain(rt: Runtime) -> None:
-    worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
-        rt.broker.join(EVENTS_QUEUE, timeout=30_000)
-        worker.join()
-    finally:
-        worker.stop()
 
 
 def mixed_batch() -> list[str]:

@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import dramatiq
 import pytest
+from draining import drain
 from factories import client_updated, partner_updated, renewal_updated, services_ended
 
 from worker import publish, publish_many
@@ -31,16 +31,6 @@ def runtime(redis_url: str) -> Iterator[Runtime]:
     yield rt
     set_runtime(None)
     rt.close()
-
-
-def drain(rt: Runtime) -> None:
-    worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    try:
-        rt.broker.join(EVENTS_QUEUE, timeout=30_000)
-        worker.join()
-    finally:
-        worker.stop()
 
 
 def test_events_published_through_the_api_are_stored(runtime):

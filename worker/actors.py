@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -67,19 +68,38 @@ def _retries_left() -> bool:
 
 def ingest_event(*args: Any, **kwargs: Any) -> None:
     """The actor body: takes any message shape, so even a malformed one is dead-lettered, not retried."""
+    _ingest(handle_event_message, _single_item, args, kwargs)
+
+
+def _ingest(
+    handle: Callable[[Runtime, tuple[Any, ...], dict[str, Any]], object],
+    events_of: Callable[[tuple[Any, ...], dict[str, Any]], list[str] | None],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """Run an ingest message's handler; when it fails for the last time, keep its events as dead letters.
+
+    Redis away, or a bug: the message is retried with backoff (safe: events already applied come
+    back as duplicates and change nothing). After the last try each event is kept, one by one, with
+    the error in the dead letters, where ops look, rather than only in dramatiq's own queue.
+    """
     from .runtime import get_runtime
 
     rt = get_runtime()
     try:
-        handle_event_message(rt, args, kwargs)
+        handle(rt, args, kwargs)
     except Exception as exc:
-        # Redis away, or a bug: retried with backoff; on the last try the event is kept with the
-        # error in the dead letters, where ops look, rather than only in dramatiq's own queue.
         if _retries_left():
             raise
-        raw = args[0] if len(args) == 1 and isinstance(args[0], str) else json.dumps([args, kwargs], default=repr)
-        rt.store.add_dead_letter(raw, "processing_failed", [("", f"{type(exc).__name__}: {exc}")], now=rt.clock.now())
-        _log.exception("event dead-lettered after %d retries", INGEST_MAX_RETRIES)
+        raws = events_of(args, kwargs) or [json.dumps([args, kwargs], default=repr)]
+        error = [("", f"{type(exc).__name__}: {exc}")]
+        rt.store.add_dead_letters([(raw, "processing_failed", error) for raw in raws], now=rt.clock.now())
+        _log.exception("%d event(s) dead-lettered after %d retries", len(raws), INGEST_MAX_RETRIES)
+
+
+def _single_item(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | None:
+    """The event of a single-event message as its JSON text, or None when the message is not one text."""
+    return [args[0]] if len(args) == 1 and isinstance(args[0], str) else None
 
 
 def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -112,20 +132,7 @@ def _batch_items(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | N
 
 def ingest_batch(*args: Any, **kwargs: Any) -> None:
     """The batch actor body: like ``ingest_event`` for each event of a list, at one message's cost."""
-    from .runtime import get_runtime
-
-    rt = get_runtime()
-    try:
-        handle_batch_message(rt, args, kwargs)
-    except Exception as exc:
-        # Retrying the whole batch is safe: events already applied come back as duplicates and
-        # change nothing. Only after the last try is each event dead-lettered, one by one.
-        if _retries_left():
-            raise
-        raws = _batch_items(args, kwargs) or [json.dumps([args, kwargs], default=repr)]
-        error = [("", f"{type(exc).__name__}: {exc}")]
-        rt.store.add_dead_letters([(raw, "processing_failed", error) for raw in raws], now=rt.clock.now())
-        _log.exception("batch of %d event(s) dead-lettered after %d retries", len(raws), INGEST_MAX_RETRIES)
+    _ingest(handle_batch_message, _batch_items, args, kwargs)
 
 
 def handle_batch_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
