@@ -20,7 +20,6 @@ from worker.events import TRUSTED, ClientUpdated, Event, PartnerUpdated, Renewal
 from worker.rules import RuleSet
 from worker.runtime import Runtime, build_runtime
 from worker.settings import load_settings
-from worker.store import Store
 
 from .data import Population
 
@@ -47,19 +46,18 @@ def trusted_event(raw: dict[str, Any]) -> Event:
 
 
 def apply_events(rt: Runtime, events: Iterable[Event], *, chunk: int = 1000) -> int:
-    """``Store.apply`` each event on a pipeline sent every ``chunk`` events; every one must be applied."""
-    pipe = rt.redis.pipeline(transaction=False)
-    store = Store(pipe, keys=rt.keys, event_id_ttl_s=rt.store.event_id_ttl_s, dead_letter_max=rt.store.dead_letter_max)
-    rt.store.load_scripts()  # EVALSHA queued on a pipeline cannot fall back to EVAL on a Redis that never saw it
+    """``Store.apply_many`` every ``chunk`` events (one round trip each); every one must be applied."""
     count = 0
-    outcomes: list[Any] = []
+    outcomes: list[str] = []
+    batch: list[Event] = []
     for event in events:
-        store.apply(event)
+        batch.append(event)
         count += 1
-        if count % chunk == 0:
-            outcomes += pipe.execute()
-    outcomes += pipe.execute()
-    refused = [o for o in outcomes if o not in (b"applied", "applied")]
+        if len(batch) == chunk:
+            outcomes += rt.store.apply_many(batch)
+            batch = []
+    outcomes += rt.store.apply_many(batch)
+    refused = [o for o in outcomes if o != "applied"]
     if refused:
         raise RuntimeError(f"{len(refused)} seeded event(s) were not applied: {refused[:3]}")
     return count

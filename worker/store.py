@@ -173,10 +173,6 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def load_scripts(self) -> None:
-        """For callers that queue ``apply`` on a pipeline, where NOSCRIPT cannot be retried per call."""
-        self._apply.load()
-
     def apply(self, event: Event, *, now: datetime | None = None) -> ApplyOutcome:
         """Apply one valid event unless it is a repeat or older than what is stored.
 
