@@ -116,7 +116,7 @@ async def deliver_many(rt: Runtime, refs: Sequence[ReminderRef], *, last_try: bo
         else:
             sends.append((i, decision, plan_next))
     if replan:
-        rt.ledger.finish_many([], release=batch.release)  # out of the claimed set before re-planning
+        rt.due_index.release(*batch.release)  # out of the claimed set before re-planning
         batch.release = []
         for partner_id, renewal_id in replan:
             rt.planning.replan(partner_id, renewal_id, rules, now)

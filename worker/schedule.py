@@ -72,9 +72,10 @@ class DueIndex:
             items.append(DueItem(partner_id, renewal_id, reminder_id, int(float(raw[i + 1])), raw[i]))
         return items
 
-    def release(self, member: str | bytes) -> None:
-        """The delivery is done with this reminder (or handed it back to planning): end its claim."""
-        self.redis.zrem(self.keys.claimed(), member)
+    def release(self, *members: str | bytes) -> None:
+        """The delivery is done with these reminders (or handed them back to planning): end their claims."""
+        if members:
+            self.redis.zrem(self.keys.claimed(), *members)
 
     def extend(self, member: str | bytes, *, until: datetime) -> None:
         """Keep a claim while its delivery waits for a retry, so it is not enqueued a second time."""
