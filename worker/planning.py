@@ -10,12 +10,10 @@ from datetime import datetime
 import redis
 
 from .events import (
-    ClientData,
     ClientOwnerChanged,
     ClientServicesEnded,
     ClientUpdated,
     Event,
-    OwnerData,
     PartnerData,
     PartnerUpdated,
     RenewalRemoved,
@@ -24,11 +22,11 @@ from .events import (
 from .keys import Keys
 from .ledger import Outcome, due_member
 from .planner import Plan, plan_renewal
-from .records import read_record
+from .records import StoredRecord, decode_payload, read_record
 from .rules import RuleSet
 from .schedule import epoch_ms
 from .scripts import LuaScript, run_pipeline
-from .store import ClientState, RenewalState, Store, parse_dirty_member, parse_stored, renewal_state
+from .store import ClientState, RenewalState, Store, client_state_of, parse_dirty_member, renewal_state
 
 __all__ = ["Planning", "RenewalView"]
 
@@ -124,9 +122,8 @@ return cleared
 """
 
 
-def _stamp(raw: bytes | None) -> str:
+def _stamp(record: StoredRecord | None) -> str:
     """The stamp of a stored record as the plan write compares it ('' when there is none)."""
-    record = read_record(raw)
     return "" if record is None else record.stamp
 
 
@@ -188,11 +185,12 @@ class Planning:
             for pid in partner_ids:
                 pipe.get(k.partner(pid))
             first = pipe.execute()
-        partners = {
-            pid: (parse_stored(PartnerData, raw), _stamp(raw))
-            for pid, raw in zip(partner_ids, first[2 * len(pairs) :], strict=True)
-        }
-        renewals = [renewal_state(read_record(first[2 * i])) for i in range(len(pairs))]
+        partners = {}
+        for pid, raw in zip(partner_ids, first[2 * len(pairs) :], strict=True):
+            record = read_record(raw)
+            partners[pid] = (None if record is None else decode_payload(PartnerData, record.payload), _stamp(record))
+        renewal_records = [read_record(first[2 * i]) for i in range(len(pairs))]
+        renewals = [renewal_state(record) for record in renewal_records]
         clients = sorted(
             {(pid, r.renewal.client_id) for (pid, _), r in zip(pairs, renewals, strict=True) if r.renewal is not None}
         )
@@ -204,22 +202,15 @@ class Planning:
             second = pipe.execute()
         client_states: dict[tuple[str, str], tuple[ClientState, tuple[str, str, str]]] = {}
         for n, (pid, cid) in enumerate(clients):
-            client_raw, owner_raw, ended_raw = second[3 * n : 3 * n + 3]
-            ended = read_record(ended_raw)
-            state = ClientState(
-                client_id=cid,
-                client=parse_stored(ClientData, client_raw),
-                override=parse_stored(OwnerData, owner_raw),
-                services_ended=ended is not None,
-                ended_at=None if ended is None else ended.updated_at,
-            )
-            client_states[(pid, cid)] = (state, (_stamp(client_raw), _stamp(owner_raw), _stamp(ended_raw)))
+            client, owner, ended = (read_record(raw) for raw in second[3 * n : 3 * n + 3])
+            state = client_state_of(cid, client, owner, ended)
+            client_states[(pid, cid)] = (state, (_stamp(client), _stamp(owner), _stamp(ended)))
         out = []
         for i, (pid, rid) in enumerate(pairs):
             ledger = first[2 * i + 1]
             renewal = renewals[i]
             partner, partner_stamp = partners[pid]
-            version = [(k.renewal(pid, rid), _stamp(first[2 * i])), (k.partner(pid), partner_stamp)]
+            version = [(k.renewal(pid, rid), _stamp(renewal_records[i])), (k.partner(pid), partner_stamp)]
             client = None
             if renewal.renewal is not None:
                 cid = renewal.renewal.client_id

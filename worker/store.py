@@ -35,6 +35,7 @@ __all__ = [
     "DeadLetter",
     "RenewalState",
     "Store",
+    "client_state_of",
     "dirty_member",
     "micros",
     "parse_dirty_member",
@@ -315,15 +316,8 @@ class Store:
             pipe.get(k.client(partner_id, client_id))
             pipe.get(k.owner(partner_id, client_id))
             pipe.get(k.ended(partner_id, client_id))
-            client_raw, owner_raw, ended_raw = pipe.execute()
-        ended = read_record(ended_raw)
-        return ClientState(
-            client_id=client_id,
-            client=parse_stored(ClientData, client_raw),
-            override=parse_stored(OwnerData, owner_raw),
-            services_ended=ended is not None,
-            ended_at=None if ended is None else ended.updated_at,
-        )
+            client, owner, ended = (read_record(raw) for raw in pipe.execute())
+        return client_state_of(client_id, client, owner, ended)
 
     def renewal_state(self, partner_id: str, renewal_id: str) -> RenewalState:
         return renewal_state(read_record(self.redis.get(self.keys.renewal(partner_id, renewal_id))))
@@ -347,6 +341,19 @@ class Store:
                     pipe.hvals(self.keys.renewals_by_client_bucket(partner_id, bucket))
                 joined = [ids for values in pipe.execute() for ids in values]
         return sorted({rid for ids in joined for rid in ids.decode().split(SEP) if rid})
+
+
+def client_state_of(
+    client_id: str, client: StoredRecord | None, owner: StoredRecord | None, ended: StoredRecord | None
+) -> ClientState:
+    """A client as stored, from its three records: details, owner override, services ended."""
+    return ClientState(
+        client_id=client_id,
+        client=None if client is None else decode_payload(ClientData, client.payload),
+        override=None if owner is None else decode_payload(OwnerData, owner.payload),
+        services_ended=ended is not None,
+        ended_at=None if ended is None else ended.updated_at,
+    )
 
 
 def renewal_state(record: StoredRecord | None) -> RenewalState:
