@@ -24,7 +24,7 @@ from typing import Any
 
 import aiosmtplib
 
-from worker.delivery import deliver
+from worker.service.delivery import deliver
 
 from .context import BenchContext
 from .e2e import REMINDER_ID, bench_population, write_bench_rules

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from worker.runtime import Runtime, build_runtime
-from worker.settings import PROJECT_ROOT, Settings, load_settings
+from worker.config.settings import PROJECT_ROOT, Settings, load_settings
+from worker.service.runtime import Runtime, build_runtime
 
 from .sink import SmtpTarget
 

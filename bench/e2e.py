@@ -24,10 +24,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from worker.ledger import Outcome
-from worker.runtime import Runtime
-from worker.schedule import epoch_ms
-from worker.service import sync_rules
+from worker.service.processes import sync_rules
+from worker.service.runtime import Runtime
+from worker.state.ledger import Outcome
+from worker.state.schedule import epoch_ms
 
 from .context import BenchContext
 from .data import Population, bench_rules_yaml

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker import publish_many
-from worker.actors import EVENTS_QUEUE
-from worker.runtime import Runtime
+from worker.service.actors import EVENTS_QUEUE
+from worker.service.runtime import Runtime
 
 from .context import BenchContext
 from .data import Population

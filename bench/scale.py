@@ -22,12 +22,12 @@ from typing import Any
 import redis
 
 from worker import publish_many
-from worker.actors import EVENTS_QUEUE
-from worker.keys import CLIENT_BUCKETS, Keys
-from worker.ledger import due_member
-from worker.runtime import Runtime, build_runtime
-from worker.schedule import from_epoch_ms
-from worker.settings import load_settings
+from worker.config.settings import load_settings
+from worker.service.actors import EVENTS_QUEUE
+from worker.service.runtime import Runtime, build_runtime
+from worker.state.keys import CLIENT_BUCKETS, Keys
+from worker.state.ledger import due_member
+from worker.state.schedule import from_epoch_ms
 
 from .context import DEFAULT_RULES, BenchContext
 from .data import Population

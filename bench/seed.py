@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker.events import TRUSTED, ClientUpdated, Event, PartnerUpdated, RenewalUpdated
-from worker.rules import RuleSet
-from worker.runtime import Runtime, build_runtime
-from worker.settings import load_settings
+from worker.config.settings import load_settings
+from worker.domain.events import TRUSTED, ClientUpdated, Event, PartnerUpdated, RenewalUpdated
+from worker.domain.rules import RuleSet
+from worker.service.runtime import Runtime, build_runtime
 
 from .data import Population
 

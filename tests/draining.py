@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dramatiq
 
-from worker.actors import EVENTS_QUEUE
-from worker.runtime import Runtime
+from worker.service.actors import EVENTS_QUEUE
+from worker.service.runtime import Runtime
 
 
 def drain(rt: Runtime) -> None:

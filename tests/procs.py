@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from worker.runtime import build_runtime
-from worker.schedule import DueItem, Scheduler
-from worker.settings import load_settings
+from worker.config.settings import load_settings
+from worker.service.runtime import build_runtime
+from worker.state.schedule import DueItem, Scheduler
 
 
 def scheduler_loop(redis_url: str, key_prefix: str, stop_key: str, record_key: str, poll_s: float) -> None:

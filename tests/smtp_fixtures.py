@@ -17,7 +17,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPD
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from worker.settings import Settings
+from worker.config.settings import Settings
 
 __all__ = ["HOST", "PASSWORD", "USERNAME", "ReceivedMessage", "SmtpServer", "Stage"]
 

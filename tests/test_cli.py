@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 from factories import client_updated, owner_changed, partner_updated, renewal_updated, services_ended
 
-from worker.cli import main
-from worker.clock import VirtualClock
-from worker.events import parse_event
-from worker.ledger import Outcome
-from worker.runtime import build_runtime
-from worker.settings import load_settings
+from worker.config.settings import load_settings
+from worker.domain.events import parse_event
+from worker.ops.cli import main
+from worker.service.clock import VirtualClock
+from worker.service.runtime import build_runtime
+from worker.state.ledger import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "worker.ops.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -103,7 +103,7 @@ def test_schema_prints_the_committed_contract():
 def test_demo_runs_on_the_embedded_default_and_writes_emails(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SMTP_HOST")}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo", "--outbox", str(tmp_path)],
+        [sys.executable, "-m", "worker.ops.cli", "demo", "--outbox", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -211,6 +211,6 @@ def test_a_missing_events_file_is_one_clear_line(tmp_path):
 def test_inspecting_without_redis_url_warns_that_the_store_is_empty():
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "dead-letters"], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-m", "worker.ops.cli", "dead-letters"], capture_output=True, text=True, timeout=60, env=env
     )
     assert "REDIS_URL is not set" in proc.stderr

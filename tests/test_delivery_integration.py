@@ -17,12 +17,12 @@ import dramatiq
 import pytest
 from factories import client_updated, partner_updated, person, renewal_updated, services_ended
 
-from worker.clock import VirtualClock
-from worker.delivery import LeaseBusy, deliver
-from worker.events import parse_event
-from worker.message import message_id_for
-from worker.runtime import Runtime, build_runtime, set_runtime
-from worker.schedule import Scheduler
+from worker.domain.events import parse_event
+from worker.mail.message import message_id_for
+from worker.service.clock import VirtualClock
+from worker.service.delivery import LeaseBusy, deliver
+from worker.service.runtime import Runtime, build_runtime, set_runtime
+from worker.state.schedule import Scheduler
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -341,7 +341,7 @@ def test_a_batch_sends_each_reminder_once_and_records_what_happened_to_each(smtp
     refs = [(item.partner_id, item.renewal_id, item.reminder_id) for item in claimed]
 
     async def run() -> list[str | Exception]:
-        from worker.delivery import deliver_many
+        from worker.service.delivery import deliver_many
 
         try:
             return await deliver_many(rt, refs, last_try=False)
@@ -432,7 +432,7 @@ def test_a_claimed_reminder_whose_client_is_unknown_at_send_time_waits_for_it_an
 
 
 def test_a_wrong_smtp_password_is_retried_not_failed_and_sends_once_the_setting_is_fixed(smtp_server_auth, redis_url):
-    from worker.errors import ConfigError
+    from worker.domain.errors import ConfigError
 
     clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
     wrong = make_runtime(smtp_server_auth, redis_url, clock, smtp_password="not the password")

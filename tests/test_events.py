@@ -20,8 +20,8 @@ from factories import (
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from worker.errors import InvalidEvent
-from worker.events import (
+from worker.domain.errors import InvalidEvent
+from worker.domain.events import (
     ClientUpdated,
     PartnerUpdated,
     RenewalUpdated,

@@ -12,11 +12,11 @@ from draining import drain
 from factories import client_updated, partner_updated, renewal_updated
 
 from worker import publish_many
-from worker.actors import EVENTS_QUEUE, handle_batch_message, handle_event_message
-from worker.clock import VirtualClock
-from worker.errors import TransientError
-from worker.runtime import Runtime, build_runtime, set_runtime
-from worker.settings import load_settings
+from worker.config.settings import load_settings
+from worker.domain.errors import TransientError
+from worker.service.actors import EVENTS_QUEUE, handle_batch_message, handle_event_message
+from worker.service.clock import VirtualClock
+from worker.service.runtime import Runtime, build_runtime, set_runtime
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_a_batch_is_retried_whole_after_a_transient_error_and_no_good_event_is_d
 
 
 def test_after_its_last_retry_each_event_of_a_failing_batch_is_dead_lettered_on_its_own(runtime, monkeypatch):
-    from worker import actors
+    from worker.service import actors
 
     monkeypatch.setattr(actors, "INGEST_MAX_RETRIES", 0)
 
@@ -178,7 +178,7 @@ def test_publish_many_enqueues_events_in_batches_of_the_configured_size(runtime)
 
 
 def test_renewals_enqueue_sends_the_good_lines_in_batches_in_file_order(runtime, tmp_path, capsys):
-    from worker.cli import main
+    from worker.ops.cli import main
 
     lines = [json.dumps(partner_updated(partner_id=f"p{i}")) for i in range(7)]
     lines.insert(3, '{"event_id": "broken"')
@@ -193,7 +193,7 @@ def test_renewals_enqueue_sends_the_good_lines_in_batches_in_file_order(runtime,
 
 
 def test_renewals_enqueue_refuses_a_line_the_worker_would_dead_letter_as_dated_too_far_ahead(runtime, tmp_path, capsys):
-    from worker.cli import main
+    from worker.ops.cli import main
 
     ahead = runtime.clock.now() + timedelta(seconds=runtime.settings.event_max_future_s + 3600)
     lines = [

@@ -15,10 +15,10 @@ from draining import drain
 from factories import client_updated, partner_updated, renewal_updated, services_ended
 
 from worker import publish, publish_many
-from worker.actors import EVENTS_QUEUE
-from worker.errors import InvalidEvent
-from worker.runtime import Runtime, build_runtime, set_runtime
-from worker.settings import load_settings
+from worker.config.settings import load_settings
+from worker.domain.errors import InvalidEvent
+from worker.service.actors import EVENTS_QUEUE
+from worker.service.runtime import Runtime, build_runtime, set_runtime
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,11 @@ def test_cli_enqueue_reports_bad_lines_and_enqueues_the_good_ones(runtime, redis
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     env = {**os.environ, "REDIS_URL": redis_url, "KEY_PREFIX": "it"}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "enqueue", str(path)], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "worker.ops.cli", "enqueue", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert f"{path}:2:" in proc.stderr
@@ -130,7 +134,7 @@ def test_the_procfile_worker_consumes_from_the_real_broker(runtime, redis_url):
 
 
 def test_an_event_that_keeps_failing_is_dead_lettered_after_its_last_retry(runtime, monkeypatch):
-    from worker import actors
+    from worker.service import actors
 
     monkeypatch.setattr(actors, "INGEST_MAX_RETRIES", 0)
 

@@ -14,10 +14,10 @@ from typing import TypeVar
 import pytest
 from smtp_fixtures import PASSWORD, SmtpServer
 
-from worker.errors import ConfigError, PermanentSendError, TransientSendError
-from worker.mailer import SendResult, SmtpPool, build_mailer
-from worker.outbox import OutboxMailer
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.domain.errors import ConfigError, PermanentSendError, TransientSendError
+from worker.mail.mailer import SendResult, SmtpPool, build_mailer
+from worker.mail.outbox import OutboxMailer
 
 T = TypeVar("T")
 
@@ -423,7 +423,7 @@ def test_the_mailbox_on_mail_and_rcpt_is_what_aiosmtplib_would_send(address: str
     # The fast path skips parseaddr for a bare addr-spec; anything else goes through aiosmtplib's own parser.
     from aiosmtplib.email import parse_address
 
-    from worker.mailer import _mailbox
+    from worker.mail.mailer import _mailbox
 
     assert _mailbox(address) == parse_address(address)
 

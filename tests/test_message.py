@@ -13,15 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.events import Person
-from worker.message import (
+from worker.domain.events import Person
+from worker.mail.message import (
     build_message,
     envelope_recipients,
     message_id_for,
     needs_smtputf8,
     parse_message,
 )
-from worker.render import RenderedEmail
+from worker.mail.render import RenderedEmail
 
 SENT_AT = datetime(2026, 3, 18, 9, 30, tzinfo=timezone(timedelta(hours=1)))
 MESSAGE_ID = message_id_for("p-1", "r-1", "first-notice", domain="renewals.example.com")

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.events import ClientData, Contacts, OwnerData, PartnerData, Product, RenewalData
-from worker.planner import (
+from worker.domain.events import ClientData, Contacts, OwnerData, PartnerData, Product, RenewalData
+from worker.domain.planner import (
     NO_CLIENT_DETAILS,
     Plan,
     deadline_end,
@@ -20,7 +20,7 @@ from worker.planner import (
     recipients_timezone,
     renewal_deadline,
 )
-from worker.rules import ReminderRule, RuleSet
+from worker.domain.rules import ReminderRule, RuleSet
 
 START = date(2025, 6, 15)  # deadline 2025-05-01 with the 45 days of the partner program
 DEFAULT = RuleSet(

@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.events import ClientData, Contacts, OwnerData, PartnerData, Product, RenewalData
-from worker.planner import Plan, deadline_end, plan_renewal
-from worker.rules import RENEWAL_STATUSES, Anchor, ReminderRule, RuleSet
+from worker.domain.events import ClientData, Contacts, OwnerData, PartnerData, Product, RenewalData
+from worker.domain.planner import Plan, deadline_end, plan_renewal
+from worker.domain.rules import RENEWAL_STATUSES, Anchor, ReminderRule, RuleSet
 
 # Zones with daylight saving in either hemisphere, half-hour shifts, and changes at midnight.
 ZONES = [

@@ -11,13 +11,13 @@ from factories import client_updated, owner_changed, partner_updated, renewal_re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.clock import VirtualClock
-from worker.events import parse_event
-from worker.ledger import Outcome, parse_due_member
-from worker.planner import deadline_end
-from worker.rules import load_rules
-from worker.runtime import Runtime, build_runtime
-from worker.settings import load_settings
+from worker.config.rulefile import load_rules
+from worker.config.settings import load_settings
+from worker.domain.events import parse_event
+from worker.domain.planner import deadline_end
+from worker.service.clock import VirtualClock
+from worker.service.runtime import Runtime, build_runtime
+from worker.state.ledger import Outcome, parse_due_member
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -145,7 +145,7 @@ def test_a_rule_change_re_plans_every_renewal(rt, tmp_path):
         '  - {id: only, anchor: deadline, offset_days: -2, send_time: "10:00", template: final-notice}\n',
         encoding="utf-8",
     )
-    from worker.rules import load_rules
+    from worker.config.rulefile import load_rules
 
     assert rt.planning.replan_all(load_rules(rules), NOW) == 2
     assert {key[2] for key in due_entries(rt)} == {"only"}
@@ -201,7 +201,7 @@ def event_sequences(draw):
 
 def _deliver_due(rt: Runtime, clock: VirtualClock, sent: list[tuple[str, str, str]]) -> None:
     """What the scheduler and delivery do, minus SMTP: claim due reminders, re-check, record once."""
-    from worker.decision import Send, Skip, decide
+    from worker.domain.decision import Send, Skip, decide
 
     rules = rt.rules()
     for item in rt.due_index.claim(clock.now(), lease_ms=60_000, limit=1000):

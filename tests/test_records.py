@@ -7,11 +7,11 @@ import hashlib
 import pytest
 from factories import client_updated, owner_changed, partner_updated, renewal_updated
 
-from worker.events import ClientData, OwnerData, PartnerData, RenewalData, parse_event
-from worker.keys import SEP
-from worker.ledger import due_member
-from worker.planning import due_member_prefix
-from worker.records import _DICTIONARIES_1, decode_payload, encode_payload, read_record, ts_text
+from worker.domain.events import ClientData, OwnerData, PartnerData, RenewalData, parse_event
+from worker.state.keys import SEP
+from worker.state.ledger import due_member
+from worker.state.planning import due_member_prefix
+from worker.state.records import _DICTIONARIES_1, decode_payload, encode_payload, read_record, ts_text
 
 # sha256 of each format-1 dictionary. A record inflates only with the dictionary it was deflated
 # with: changing one makes every record written with it unreadable. Add a new format instead.

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from worker.errors import TemplateError
-from worker.events import ClientData, Contacts, PartnerData, Person, RenewalData
-from worker.render import AUDIENCES, SUPPORTED_LOCALES, Audience, RenderedEmail, Renderer, choose_locale
-from worker.settings import PROJECT_ROOT
+from worker.config.settings import PROJECT_ROOT
+from worker.domain.errors import TemplateError
+from worker.domain.events import ClientData, Contacts, PartnerData, Person, RenewalData
+from worker.mail.render import AUDIENCES, SUPPORTED_LOCALES, Audience, RenderedEmail, Renderer, choose_locale
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates" / "email"
 SCRIPT = "<script>alert(1)</script>"

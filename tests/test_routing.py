@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.events import ClientData, Contacts, OwnerData, PartnerData, Person
-from worker.routing import effective_owner, partner_user, route
+from worker.domain.events import ClientData, Contacts, OwnerData, PartnerData, Person
+from worker.domain.routing import effective_owner, partner_user, route
 
 ANNA = Person(name="Anna Reed", email="anna@agency.com")
 JONAS = Person(name="Jonas Berg", email="jonas@agency.com")

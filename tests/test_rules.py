@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.errors import RulesError
-from worker.rules import ReminderRule, RuleProblem, RuleSet, RulesWatcher, check_rules, load_rules
-from worker.settings import PROJECT_ROOT
+from worker.config.rulefile import RulesWatcher, check_rules, load_rules
+from worker.config.settings import PROJECT_ROOT
+from worker.domain.errors import RulesError
+from worker.domain.rules import ReminderRule, RuleProblem, RuleSet
 
 DEFAULT_RULES = PROJECT_ROOT / "rules" / "default.yaml"
 SAMPLES = Path(__file__).parent / "rules_samples"

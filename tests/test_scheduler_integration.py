@@ -16,8 +16,8 @@ from factories import client_updated, partner_updated, renewal_updated
 from procs import scheduler_loop
 
 from worker import publish_many
-from worker.runtime import build_runtime, set_runtime
-from worker.settings import load_settings
+from worker.config.settings import load_settings
+from worker.service.runtime import build_runtime, set_runtime
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,12 +14,12 @@ import fakeredis
 import pytest
 from factories import client_updated, renewal_updated
 
-from worker.clock import VirtualClock
-from worker.events import parse_event
-from worker.ledger import parse_due_member
-from worker.runtime import build_runtime
-from worker.service import sync_rules
-from worker.settings import load_settings
+from worker.config.settings import load_settings
+from worker.domain.events import parse_event
+from worker.service.clock import VirtualClock
+from worker.service.processes import sync_rules
+from worker.service.runtime import build_runtime
+from worker.state.ledger import parse_due_member
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE = (
@@ -61,7 +61,7 @@ def test_an_invalid_rule_edit_is_logged_and_the_old_rules_stay(runtime_with_rule
     sync_rules(rt)
     rules.write_text("reminders: [oops\n", encoding="utf-8")
     time.sleep(0.01)
-    with caplog.at_level(logging.ERROR, logger="worker.rules"):
+    with caplog.at_level(logging.ERROR, logger="worker.domain.rules"):
         assert not sync_rules(rt)
     assert planned_ids(rt) == {"early"}
     assert any("keeping the rules in force" in r.getMessage() for r in caplog.records)
@@ -83,7 +83,7 @@ def test_the_worker_refuses_to_start_on_an_invalid_rule_file(tmp_path):
     assert proc.returncode != 0
     assert "deadline_days_before_start" in proc.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-m", "worker.ops.cli", "run"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert run.returncode == 2
     assert "deadline_days_before_start" in run.stderr

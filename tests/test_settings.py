@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.errors import ConfigError
-from worker.settings import Settings, load_settings
+from worker.config.settings import Settings, load_settings
+from worker.domain.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

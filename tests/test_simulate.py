@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from factories import client_updated, owner_changed, partner_updated, person, renewal_updated, services_ended
 
-from worker.simulate import simulate
+from worker.ops.simulate import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def test_the_clock_never_moves_back_and_invalid_events_are_reported_and_skipped(
 
 
 def test_an_invalid_rule_file_stops_the_simulation_before_anything_is_sent(tmp_path):
-    from worker.errors import RulesError
+    from worker.domain.errors import RulesError
 
     rules = tmp_path / "rules.yaml"
     rules.write_text("reminders: []\n", encoding="utf-8")

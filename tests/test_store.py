@@ -10,10 +10,10 @@ import pytest
 import redis
 from factories import client_updated, owner_changed, partner_updated, renewal_removed, renewal_updated, services_ended
 
-from worker.events import parse_event
-from worker.keys import Keys
-from worker.scripts import LuaScript
-from worker.store import _APPLY, Store
+from worker.domain.events import parse_event
+from worker.state.keys import Keys
+from worker.state.scripts import LuaScript
+from worker.state.store import _APPLY, Store
 
 
 @pytest.fixture

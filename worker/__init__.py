@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .errors import InvalidEvent, RenewalsError
-from .events import CONTRACT_VERSION, parse_event
-from .publish import publish, publish_many
+from .domain.errors import InvalidEvent, RenewalsError
+from .domain.events import CONTRACT_VERSION, parse_event
+from .service.publish import publish, publish_many
 
 __all__ = ["CONTRACT_VERSION", "InvalidEvent", "RenewalsError", "parse_event", "publish", "publish_many"]

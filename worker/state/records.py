@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from .events import TRUSTED, ClientData, OwnerData, PartnerData, RenewalData
+from ..domain.events import TRUSTED, ClientData, OwnerData, PartnerData, RenewalData
 from .keys import SEP
 
 __all__ = ["StoredRecord", "decode_payload", "encode_payload", "read_record", "ts_text"]

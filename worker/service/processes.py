@@ -9,10 +9,10 @@ from types import FrameType
 
 import dramatiq
 
+from ..state.schedule import Scheduler
 from .runtime import Runtime
-from .schedule import Scheduler
 
-__all__ = ["build_scheduler", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
+__all__ = ["build_scheduler", "log_start", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
 
 _log = logging.getLogger("worker.service")
 
@@ -59,7 +59,14 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def log_start(rt: Runtime) -> None:
+    """Say where the rules and templates in use come from (env, the checkout, or the packaged copies)."""
+    for line in rt.settings.data_sources():
+        _log.info("%s", line)
+
+
 def run_scheduler(rt: Runtime, stop: threading.Event | None = None) -> None:
+    log_start(rt)
     stop = stop or threading.Event()
     _stop_on_signals(stop)
     build_scheduler(rt).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
@@ -67,6 +74,7 @@ def run_scheduler(rt: Runtime, stop: threading.Event | None = None) -> None:
 
 def run_service(rt: Runtime, *, threads: int = 8, stop: threading.Event | None = None) -> None:
     """A dramatiq worker and a scheduler in this process until SIGINT or SIGTERM."""
+    log_start(rt)
     stop = stop or threading.Event()
     _stop_on_signals(stop)
     worker = dramatiq.Worker(rt.broker, worker_threads=threads)

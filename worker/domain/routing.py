@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .events import ClientData, Owner, OwnerData, PartnerData, Person
-from .settings import ContactRole
 
 __all__ = [
     "ALL_CONTACT_ROLES",
+    "ContactRole",
     "NoRecipientReason",
     "Recipient",
     "Routing",
@@ -18,6 +18,8 @@ __all__ = [
     "partner_user",
     "route",
 ]
+
+ContactRole = Literal["primary", "billing", "decision_maker"]
 
 ALL_CONTACT_ROLES: tuple[ContactRole, ...] = ("primary", "billing", "decision_maker")
 NoRecipientReason = Literal["no_recipients", "no_point_of_contact"]

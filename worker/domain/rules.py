@@ -7,25 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import time
 from functools import cached_property
-from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, get_args
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import RulesError
 from .events import RenewalStatus
 
 __all__ = [
     "ANCHORS", "DEFAULT_DEADLINE_DAYS_BEFORE_START", "RENEWAL_STATUSES", "Anchor", "ReminderRule",
-    "RuleProblem", "RuleSet", "RulesWatcher", "check_rules", "load_rules",
+    "RuleProblem", "RuleSet", "parse_rules",
 ]  # fmt: skip
 
 Anchor = Literal["deadline", "start"]
@@ -43,7 +40,6 @@ _TOP_KEYS = frozenset({"deadline_days_before_start", "reminders"})
 _REMINDER_KEYS = frozenset({"id", "anchor", "offset_days", "send_time", "template", "statuses"})
 # Day counts are bounded so that a typo cannot push date arithmetic out of range for every renewal.
 _MAX_DAYS = 3660
-_log = logging.getLogger("worker.rules")
 
 
 def _offset_problem(anchor: str, offset_days: int, deadline_days: int | None) -> str | None:
@@ -263,9 +259,13 @@ class _Checker:
         return RuleSet(deadline_days, tuple(r for r in rules if r is not None), self.source)
 
 
-def _check_bytes(
-    raw: bytes | RuleProblem, source: str, known_templates: Collection[str] | None
+def parse_rules(
+    raw: bytes | RuleProblem, source: str, known_templates: Collection[str] | None = None
 ) -> tuple[list[RuleProblem], RuleSet | None]:
+    """Every problem in a rule file's bytes (sorted by line), and its rules when there is none.
+
+    ``raw`` may already be the problem met reading the file, so that callers report it the same way.
+    """
     if isinstance(raw, RuleProblem):
         return [raw], None
     try:
@@ -289,68 +289,3 @@ def _check_bytes(
     rules = checker.rule_set(root)
     # Sorted by line so that a reader can walk down the file; the sort is stable within a line.
     return sorted(checker.problems, key=lambda p: (p.line is None, p.line or 0)), rules
-
-
-def _read(path: Path) -> bytes | RuleProblem:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        return RuleProblem(str(path), None, "", f"cannot read the file: {exc.strerror or exc}")
-
-
-def _digest(raw: bytes | RuleProblem) -> str:
-    return str(raw) if isinstance(raw, RuleProblem) else hashlib.sha256(raw).hexdigest()
-
-
-def check_rules(path: Path, *, known_templates: Collection[str] | None = None) -> list[RuleProblem]:
-    """Every problem in the rule file at ``path`` (empty when it is valid), for ``renewals check`` and the watcher."""
-    return _check_bytes(_read(path), str(path), known_templates)[0]
-
-
-def load_rules(path: Path, *, known_templates: Collection[str] | None = None) -> RuleSet:
-    """The rules in the file at ``path``; raises RulesError listing every problem."""
-    problems, rules = _check_bytes(_read(path), str(path), known_templates)
-    if rules is None:
-        raise RulesError(list(problems))
-    return rules
-
-
-class RulesWatcher:
-    """Holds the rules in force for one file and swaps them only for a valid edit, so a typo never stops reminders."""
-
-    def __init__(self, path: Path, *, known_templates: Collection[str] | None = None) -> None:
-        self.path = path
-        self._known_templates = known_templates
-        raw = _read(path)
-        problems, rules = _check_bytes(raw, str(path), known_templates)
-        if rules is None:
-            raise RulesError(list(problems))
-        self._rules = rules
-        self._seen = _digest(raw)
-
-    @property
-    def rules(self) -> RuleSet:
-        return self._rules
-
-    def maybe_reload(self) -> bool:
-        """Re-read the file; True when valid new rules replaced the old ones.
-
-        The bytes are compared rather than the mtime alone: the file is small, and mtimes are coarse
-        (a few ms on Linux) so a quick second save could go unnoticed. Each bad version is logged
-        once, not on every poll. An edit that changes only comments or layout is not a switch.
-        """
-        raw = _read(self.path)
-        if _digest(raw) == self._seen:
-            return False
-        self._seen = _digest(raw)
-        problems, rules = _check_bytes(raw, str(self.path), self._known_templates)
-        if rules is None:
-            _log.error("%s: keeping the rules in force, the changed file has %d problem(s)", self.path, len(problems))
-            for problem in problems:
-                _log.error("%s", problem)
-            return False
-        if rules.fingerprint == self._rules.fingerprint:
-            return False
-        _log.info("%s: new rules in force (fingerprint %s)", self.path, rules.fingerprint[:12])
-        self._rules = rules
-        return True

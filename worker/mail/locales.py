@@ -15,7 +15,7 @@ from babel import Locale
 from babel.dates import format_date
 from babel.numbers import format_currency
 
-from .errors import TemplateError
+from ..domain.errors import TemplateError
 
 __all__ = [
     "DEFAULT_LOCALE",

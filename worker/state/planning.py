@@ -9,7 +9,7 @@ from datetime import datetime
 
 import redis
 
-from .events import (
+from ..domain.events import (
     ClientOwnerChanged,
     ClientServicesEnded,
     ClientUpdated,
@@ -19,11 +19,11 @@ from .events import (
     RenewalRemoved,
     RenewalUpdated,
 )
+from ..domain.planner import Plan, plan_renewal
+from ..domain.rules import RuleSet
 from .keys import Keys
 from .ledger import Outcome, due_member
-from .planner import Plan, plan_renewal
 from .records import StoredRecord, decode_payload, read_record
-from .rules import RuleSet
 from .schedule import epoch_ms
 from .scripts import LuaScript, run_pipeline
 from .store import ClientState, RenewalState, Store, client_state_of, parse_dirty_member, renewal_state

@@ -8,18 +8,15 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-from typing import TYPE_CHECKING
 
 import idna
 
-from .decision import Send, Skip, Wait, decide
-from .errors import PermanentSendError, TransientError
-from .events import Person
-from .ledger import Outcome, ReminderRef, due_member
-from .message import build_message, envelope_recipients, message_id_for
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from ..domain.decision import Send, Skip, Wait, decide
+from ..domain.errors import PermanentSendError, TransientError
+from ..domain.events import Person
+from ..mail.message import build_message, envelope_recipients, message_id_for
+from ..state.ledger import Outcome, ReminderRef, due_member
+from .context import Context
 
 __all__ = ["LeaseBusy", "deliver", "deliver_many"]
 
@@ -39,7 +36,7 @@ def _reply_to(send: Send) -> Person | None:
     return None
 
 
-def _keep_claim(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str) -> None:
+def _keep_claim(rt: Context, partner_id: str, renewal_id: str, reminder_id: str) -> None:
     """A retry is coming: hold the scheduler's claim past the longest backoff so it is not enqueued again."""
     hold_ms = rt.settings.delivery_max_backoff_ms + rt.settings.send_lease_ms
     until = rt.clock.now() + timedelta(milliseconds=hold_ms)
@@ -57,7 +54,7 @@ def _envelope_sender(mail_from: str) -> str:
     return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}" if domain else local
 
 
-async def deliver(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
+async def deliver(rt: Context, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
     """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...).
 
     Raises what a retry may fix (a deferred send, a lost connection, a busy lease).
@@ -68,7 +65,7 @@ async def deliver(rt: Runtime, partner_id: str, renewal_id: str, reminder_id: st
     return result
 
 
-async def deliver_many(rt: Runtime, refs: Sequence[ReminderRef], *, last_try: bool) -> list[str | Exception]:
+async def deliver_many(rt: Context, refs: Sequence[ReminderRef], *, last_try: bool) -> list[str | Exception]:
     """Deliver reminders at most once each, with Redis read and written a few times per batch.
 
     The state is read for all, each is decided on its own, claimed in one round trip, then the
@@ -161,7 +158,7 @@ class _Batch:
 
 
 async def _attempt(
-    rt: Runtime,
+    rt: Context,
     ref: ReminderRef,
     send: Send,
     token: str,

@@ -13,8 +13,8 @@ import jinja2
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import TemplateError
-from .events import ClientData, Contacts, PartnerData, Person, RenewalData
+from ..domain.errors import TemplateError
+from ..domain.events import ClientData, Contacts, PartnerData, Person, RenewalData
 from .locales import (
     SUPPORTED_LOCALES,
     Catalog,

@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import idna
 
-from .events import Person
+from ..domain.events import Person
 from .render import RenderedEmail
 
 __all__ = [

@@ -9,13 +9,24 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from .errors import ConfigError
+from ..domain.errors import ConfigError
+from ..domain.routing import ContactRole
 
-__all__ = ["PROJECT_ROOT", "ContactRole", "Settings", "load_settings"]
+__all__ = ["BUNDLED_ROOT", "PROJECT_ROOT", "ContactRole", "Settings", "default_data_path", "load_settings"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# The repository's top folder when running from a checkout (site-packages when installed from a wheel).
+PROJECT_ROOT = _PACKAGE_DIR.parent
+# Copies of rules/, templates/ and examples/ that the wheel carries (pyproject.toml maps them).
+BUNDLED_ROOT = _PACKAGE_DIR / "bundled"
 
-ContactRole = Literal["primary", "billing", "decision_maker"]
+
+def default_data_path(*parts: str) -> Path:
+    """The repository's own file when run from a checkout, else the copy packaged in the wheel."""
+    in_checkout = PROJECT_ROOT.joinpath(*parts)
+    if (PROJECT_ROOT / "pyproject.toml").is_file() and in_checkout.exists():
+        return in_checkout
+    return BUNDLED_ROOT.joinpath(*parts)
 
 
 class Settings(BaseSettings):
@@ -60,8 +71,14 @@ class Settings(BaseSettings):
         default=Path("outbox"),
         description="Where the embedded default writes .eml files.",
     )
-    rules_path: Path = Field(default=PROJECT_ROOT / "rules" / "default.yaml")
-    templates_dir: Path = Field(default=PROJECT_ROOT / "templates" / "email")
+    rules_path: Path = Field(
+        default_factory=lambda: default_data_path("rules", "default.yaml"),
+        description="The rule file. Unset: rules/default.yaml of the checkout, else the packaged copy.",
+    )
+    templates_dir: Path = Field(
+        default_factory=lambda: default_data_path("templates", "email"),
+        description="The email templates. Unset: templates/email of the checkout, else the packaged copy.",
+    )
 
     event_id_ttl_days: int = Field(
         default=30, ge=1, description="How long the id of a superseded or refused event is recognised."
@@ -121,6 +138,19 @@ class Settings(BaseSettings):
         if self.smtp_username and self.smtp_security == "none":
             raise ValueError("SMTP_SECURITY=none with SMTP_USERNAME would send the password in plaintext")
         return self
+
+    def data_sources(self) -> list[str]:
+        """Where the rules and templates come from, for the start-up log."""
+        lines = []
+        for name, path in (("rules", self.rules_path), ("templates", self.templates_dir)):
+            if f"{name}_path" in self.model_fields_set or f"{name}_dir" in self.model_fields_set:
+                origin = f"{name.upper()}_{'PATH' if name == 'rules' else 'DIR'}"
+            elif path.is_relative_to(BUNDLED_ROOT):
+                origin = "the defaults packaged with the worker"
+            else:
+                origin = "the checkout"
+            lines.append(f"{name}: {path} (from {origin})")
+        return lines
 
     @property
     def embedded(self) -> bool:

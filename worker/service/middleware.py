@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread, set_event_loop_thread
@@ -34,13 +35,14 @@ class CloseMailer(Middleware):
     Must be added after dramatiq's AsyncIO middleware, whose shutdown hook stops that loop.
     """
 
-    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        from .runtime import get_runtime
+    def __init__(self, close_mailer: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._close_mailer = close_mailer
 
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         loop_thread = get_event_loop_thread()
         if loop_thread is None:
             return
         try:
-            loop_thread.run_coroutine(get_runtime().close_mailer())
+            loop_thread.run_coroutine(self._close_mailer())
         except Exception:  # a failing QUIT must not keep the worker from stopping
             _log.exception("closing the SMTP connections failed")

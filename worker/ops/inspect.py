@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .events import Person
-from .routing import route
-from .settings import ContactRole
-from .store import Store
+from ..domain.events import Person
+from ..domain.routing import ContactRole, route
+from ..state.store import Store
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..service.runtime import Runtime
 
 __all__ = ["describe_client", "describe_plan", "format_person"]
 
@@ -59,8 +58,8 @@ def describe_plan(rt: Runtime, partner_id: str, renewal_id: str) -> str:
     """Each reminder of a renewal: due time in UTC and local time, its state, and who it would reach now."""
     from zoneinfo import ZoneInfo
 
-    from .planner import reminder_due_at
-    from .routing import route
+    from ..domain.planner import reminder_due_at
+    from ..domain.routing import route
 
     rules = rt.rules()
     now = rt.clock.now()

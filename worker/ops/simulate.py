@@ -12,14 +12,14 @@ from pathlib import Path
 
 import dramatiq
 
-from .actors import DELIVERIES_QUEUE, EVENTS_QUEUE
-from .clock import VirtualClock
-from .errors import InvalidEvent
-from .events import parse_event
-from .ledger import Outcome
-from .runtime import Runtime, build_runtime, set_runtime
-from .schedule import Scheduler
-from .settings import load_settings
+from ..config.settings import load_settings
+from ..domain.errors import InvalidEvent
+from ..domain.events import parse_event
+from ..service.actors import DELIVERIES_QUEUE, EVENTS_QUEUE
+from ..service.clock import VirtualClock
+from ..service.runtime import Runtime, build_runtime, set_runtime
+from ..state.ledger import Outcome
+from ..state.schedule import Scheduler
 
 __all__ = ["SimulationReport", "TimelineEntry", "simulate"]
 

@@ -11,8 +11,8 @@ from typing import Any, Literal, TypeVar
 import redis
 from pydantic import BaseModel
 
-from .errors import TransientError
-from .events import (
+from ..domain.errors import TransientError
+from ..domain.events import (
     ClientData,
     ClientOwnerChanged,
     ClientServicesEnded,

@@ -6,19 +6,17 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
-from .errors import InvalidEvent, PermanentError
-from .events import Event, parse_event
-from .settings import Settings
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
-    from .schedule import DueItem
+from ..domain.errors import InvalidEvent, PermanentError
+from ..domain.events import Event, parse_event
+from ..state.schedule import DueItem
+from .context import Context
+from .delivery import deliver_many
 
 __all__ = [
     "DELIVERIES_QUEUE",
@@ -66,13 +64,14 @@ def _retries_left() -> bool:
     return bool(retries < INGEST_MAX_RETRIES)
 
 
-def ingest_event(*args: Any, **kwargs: Any) -> None:
+def ingest_event(rt: Context, *args: Any, **kwargs: Any) -> None:
     """The actor body: takes any message shape, so even a malformed one is dead-lettered, not retried."""
-    _ingest(handle_event_message, _single_item, args, kwargs)
+    _ingest(rt, handle_event_message, _single_item, args, kwargs)
 
 
 def _ingest(
-    handle: Callable[[Runtime, tuple[Any, ...], dict[str, Any]], object],
+    rt: Context,
+    handle: Callable[[Context, tuple[Any, ...], dict[str, Any]], object],
     events_of: Callable[[tuple[Any, ...], dict[str, Any]], list[str] | None],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -83,9 +82,6 @@ def _ingest(
     back as duplicates and change nothing). After the last try each event is kept, one by one, with
     the error in the dead letters, where ops look, rather than only in dramatiq's own queue.
     """
-    from .runtime import get_runtime
-
-    rt = get_runtime()
     try:
         handle(rt, args, kwargs)
     except Exception as exc:
@@ -102,7 +98,7 @@ def _single_item(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | N
     return [args[0]] if len(args) == 1 and isinstance(args[0], str) else None
 
 
-def handle_event_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def handle_event_message(rt: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """Validate and apply one event; a bad one is dead-lettered with its reason."""
     if len(args) != 1 or kwargs or not isinstance(args[0], (str, dict)):
         raw = json.dumps({"args": args, "kwargs": kwargs}, default=repr)
@@ -130,12 +126,12 @@ def _batch_items(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | N
     return [item if isinstance(item, str) else json.dumps(item) for item in args[0]]
 
 
-def ingest_batch(*args: Any, **kwargs: Any) -> None:
+def ingest_batch(rt: Context, *args: Any, **kwargs: Any) -> None:
     """The batch actor body: like ``ingest_event`` for each event of a list, at one message's cost."""
-    _ingest(handle_batch_message, _batch_items, args, kwargs)
+    _ingest(rt, handle_batch_message, _batch_items, args, kwargs)
 
 
-def handle_batch_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+def handle_batch_message(rt: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
     """Validate each event of a batch on its own, apply the good ones in one round trip, dead-letter the rest.
 
     Returns one outcome per event, in order: what ``handle_event_message`` would have returned.
@@ -166,21 +162,17 @@ def handle_batch_message(rt: Runtime, args: tuple[Any, ...], kwargs: dict[str, A
     return outcomes
 
 
-async def deliver_reminder(partner_id: str, renewal_id: str, reminder_id: str, due_ms: int) -> None:
+async def deliver_reminder(rt: Context, partner_id: str, renewal_id: str, reminder_id: str, due_ms: int) -> None:
     """Send one due reminder; the message is only a pointer, everything else is read now."""
-    await deliver_batch([[partner_id, renewal_id, reminder_id, due_ms]])
+    await deliver_batch(rt, [[partner_id, renewal_id, reminder_id, due_ms]])
 
 
-async def deliver_batch(items: list[list[Any]]) -> None:
+async def deliver_batch(rt: Context, items: list[list[Any]]) -> None:
     """Send due reminders, each ``[partner_id, renewal_id, reminder_id, due_ms]``, at most once each.
 
     A reminder that a retry may fix makes the whole message retry; the others are final by then,
     and the retry finds them so in the ledger and leaves them alone.
     """
-    from .delivery import deliver_many
-    from .runtime import get_runtime
-
-    rt = get_runtime()
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
     refs = [(str(pid), str(rid), str(rem)) for pid, rid, rem, _ in items]
@@ -210,8 +202,24 @@ def _due_text(due_ms: object) -> str:
 class Actors:
     """The actors declared on one broker (the embedded default and production each have their own)."""
 
-    def __init__(self, broker: RedisBroker, settings: Settings) -> None:
+    def __init__(self, broker: RedisBroker, context: Context) -> None:
+        """Declare the actors on ``broker``; each runs with ``context`` (the process's runtime)."""
         self.broker = broker
+        settings = context.settings
+        rt = context
+
+        def ingest_event_actor(*args: Any, **kwargs: Any) -> None:
+            ingest_event(rt, *args, **kwargs)
+
+        def ingest_batch_actor(*args: Any, **kwargs: Any) -> None:
+            ingest_batch(rt, *args, **kwargs)
+
+        async def deliver_reminder_actor(partner_id: str, renewal_id: str, reminder_id: str, due_ms: int) -> None:
+            await deliver_reminder(rt, partner_id, renewal_id, reminder_id, due_ms)
+
+        async def deliver_batch_actor(items: list[list[Any]]) -> None:
+            await deliver_batch(rt, items)
+
         self.ingest = dramatiq.actor(
             broker=broker,
             actor_name="ingest_event",
@@ -220,7 +228,7 @@ class Actors:
             min_backoff=500,
             max_backoff=300_000,
             throws=(PermanentError,),
-        )(ingest_event)
+        )(ingest_event_actor)
         self.ingest_batch = dramatiq.actor(
             broker=broker,
             actor_name="ingest_batch",
@@ -229,7 +237,7 @@ class Actors:
             min_backoff=500,
             max_backoff=300_000,
             throws=(PermanentError,),
-        )(ingest_batch)
+        )(ingest_batch_actor)
         self.deliver = dramatiq.actor(
             broker=broker,
             actor_name="deliver_reminder",
@@ -238,7 +246,7 @@ class Actors:
             min_backoff=settings.delivery_min_backoff_ms,
             max_backoff=settings.delivery_max_backoff_ms,
             throws=(PermanentError,),
-        )(deliver_reminder)
+        )(deliver_reminder_actor)
         self.deliver_batch = dramatiq.actor(
             broker=broker,
             actor_name="deliver_batch",
@@ -247,7 +255,7 @@ class Actors:
             min_backoff=settings.delivery_min_backoff_ms,
             max_backoff=settings.delivery_max_backoff_ms,
             throws=(PermanentError,),
-        )(deliver_batch)
+        )(deliver_batch_actor)
         self.delivery_batch_size = settings.delivery_batch_size
 
     def enqueue_deliveries(self, items: list[DueItem]) -> None:

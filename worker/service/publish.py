@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .events import parse_event_json
+from ..domain.events import parse_event_json
 from .runtime import Runtime, get_runtime
 
 __all__ = ["publish", "publish_many", "send_batches"]

@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from .errors import ConfigError, InvalidEvent, RenewalsError
-from .settings import PROJECT_ROOT
+from ..config.settings import default_data_path
+from ..domain.errors import ConfigError, InvalidEvent, RenewalsError
 
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..service.runtime import Runtime
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
-    from .actors import refuse_far_future
-    from .events import parse_event_json
-    from .publish import send_batches
-    from .runtime import get_runtime
+    from ..domain.events import parse_event_json
+    from ..service.actors import refuse_far_future
+    from ..service.publish import send_batches
+    from ..service.runtime import get_runtime
 
     stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     rt = get_runtime()
@@ -76,7 +76,7 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
 
 def _inspection_runtime() -> Runtime:
     """The runtime, warning when it is the empty in-process store rather than a deployment's Redis."""
-    from .runtime import get_runtime
+    from ..service.runtime import get_runtime
 
     rt = get_runtime()
     if rt.settings.embedded:
@@ -97,7 +97,7 @@ def _cmd_show_client(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from .events import event_json_schema
+    from ..domain.events import event_json_schema
 
     text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
     if args.output:
@@ -130,9 +130,9 @@ def _timestamp(text: str) -> datetime:
 
 
 def _cmd_rules_check(args: argparse.Namespace) -> int:
-    from .render import Renderer
-    from .rules import check_rules
-    from .settings import load_settings
+    from ..config.rulefile import check_rules
+    from ..config.settings import load_settings
+    from ..mail.render import Renderer
 
     settings = load_settings()
     path = Path(args.path) if args.path else settings.rules_path
@@ -161,7 +161,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .service import run_service
+    from ..service.processes import run_service
 
     _log_info()
     rt = _inspection_runtime()
@@ -171,7 +171,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_scheduler(args: argparse.Namespace) -> int:
-    from .service import run_scheduler
+    from ..service.processes import run_scheduler
 
     _log_info()
     rt = _inspection_runtime()
@@ -199,7 +199,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the bundled examples on the embedded default and print who gets what")
-    p.add_argument("--examples", default=str(PROJECT_ROOT / "examples"), help="folder of example events")
+    p.add_argument("--examples", default=str(default_data_path("examples")), help="folder of example events")
     p.add_argument("--outbox", default="outbox", help="where emails are written as .eml files")
     p.add_argument(
         "--until", default="2027-06-01T00:00:00+00:00", type=_timestamp, help="run the virtual clock up to here"

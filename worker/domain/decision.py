@@ -10,9 +10,8 @@ from zoneinfo import ZoneInfo
 
 from .events import ClientData, OwnerData, PartnerData, Person, RenewalData
 from .planner import NO_CLIENT_DETAILS, Plan
-from .routing import ALL_CONTACT_ROLES, Routing, partner_user, route
+from .routing import ALL_CONTACT_ROLES, ContactRole, Routing, partner_user, route
 from .rules import RuleSet
-from .settings import ContactRole
 
 __all__ = ["NOT_DUE_TOLERANCE", "Send", "Skip", "Wait", "decide"]
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from email.utils import getaddresses
 from pathlib import Path
-from typing import Protocol
 
 from aiosmtplib import (
     SMTP,
@@ -24,38 +20,18 @@ from aiosmtplib import (
 )
 from aiosmtplib.email import parse_address
 
-from .errors import ConfigError, PermanentSendError, RenewalsError, TransientSendError
-from .settings import Settings
+from ..config.settings import Settings
+from ..domain.errors import ConfigError, PermanentSendError, RenewalsError, TransientSendError
+from .outbox import OutboxMailer
+from .transport import BARE_ADDRESS, Mailer, SendResult, check_envelope
 
 __all__ = ["Mailer", "SendResult", "SmtpPool", "build_mailer", "check_envelope"]
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """The server's final reply; ``refused`` maps recipients refused for good (5xx) to the server's reply."""
-
-    reply: str
-    refused: Mapping[str, str] = field(default_factory=dict)
-
-
-class Mailer(Protocol):
-    """Hands one message to its envelope recipients.
-
-    Raises TransientSendError (retry later), PermanentSendError (do not retry) or ConfigError (fix the
-    settings); ValueError for an envelope that is not a sender and a non-empty list of addresses.
-    """
-
-    async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult: ...
-
-    async def close(self) -> None: ...
 
 
 def build_mailer(settings: Settings) -> Mailer:
     """The SMTP pool when SMTP_HOST is set, else the outbox folder (the embedded default)."""
     if settings.smtp_host:
         return SmtpPool(settings)
-    from .outbox import OutboxMailer
-
     return OutboxMailer(settings.outbox_dir)
 
 
@@ -267,12 +243,9 @@ async def _rcpt(smtp: SMTP, recipient: str, encoding: str) -> None:
 # A bare addr-spec of the kind email-validator accepts (no quoted local part, display name,
 # brackets, spaces or commas): safe on an SMTP command line as it is. Anything else goes through
 # the lenient parsers and their checks.
-_BARE_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+@[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+")
-
-
 def _mailbox(address: str) -> str:
     """The address as it goes between < and > on MAIL and RCPT."""
-    if _BARE_ADDRESS.fullmatch(address):
+    if BARE_ADDRESS.fullmatch(address):
         return address
     return parse_address(address)
 
@@ -346,23 +319,3 @@ def _client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
         except OSError as exc:
             raise ConfigError(f"invalid setting SMTP_CA_FILE: cannot load {ca_file}: {exc}") from exc
     return context
-
-
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def check_envelope(sender: str, recipients: Sequence[str]) -> None:
-    """Reject a bad envelope before any connection is touched.
-
-    aiosmtplib parses leniently: "a@x, b@x" would go out as "a@x" alone, and a line break would
-    fail only after MAIL, in the middle of a transaction.
-    """
-    if isinstance(recipients, str) or not recipients:
-        raise ValueError(f"recipients must be a non-empty sequence of addresses, not {recipients!r}")
-    for address in (sender, *recipients):
-        if _BARE_ADDRESS.fullmatch(address):
-            continue
-        parsed = getaddresses([address])
-        if _CONTROL_CHARACTERS.search(address) or len(parsed) != 1 or not parsed[0][1]:
-            raise ValueError(f"not one email address: {address!r}")
-        parse_address(address)  # raises ValueError for what cannot go on an SMTP command line

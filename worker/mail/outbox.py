@@ -13,8 +13,8 @@ from email import policy
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
-from .errors import TransientSendError
-from .mailer import SendResult, check_envelope
+from ..domain.errors import TransientSendError
+from .transport import SendResult, check_envelope
 
 __all__ = ["OutboxMailer"]
 

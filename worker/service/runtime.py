@@ -12,20 +12,21 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
+from ..config.settings import Settings, load_settings
+from ..state.keys import Keys
+from ..state.ledger import Ledger
+from ..state.planning import Planning
+from ..state.schedule import DueIndex
+from ..state.store import Store
+from .actors import Actors
 from .clock import Clock, SystemClock
-from .keys import Keys
-from .ledger import Ledger
 from .middleware import CloseMailer, DaemonAsyncIO
-from .planning import Planning
-from .schedule import DueIndex
-from .settings import Settings, load_settings
-from .store import Store
 
 if TYPE_CHECKING:
-    from .actors import Actors
-    from .mailer import Mailer
-    from .render import Renderer
-    from .rules import RuleSet, RulesWatcher
+    from ..config.rulefile import RulesWatcher
+    from ..domain.rules import RuleSet
+    from ..mail.mailer import Mailer
+    from ..mail.render import Renderer
 
 __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
 
@@ -49,13 +50,13 @@ class Runtime:
 
     @cached_property
     def renderer(self) -> Renderer:
-        from .render import Renderer
+        from ..mail.render import Renderer
 
         return Renderer(self.settings.templates_dir)
 
     @cached_property
     def rules_watcher(self) -> RulesWatcher:
-        from .rules import RulesWatcher
+        from ..config.rulefile import RulesWatcher
 
         return RulesWatcher(self.settings.rules_path, known_templates=self.renderer.template_names())
 
@@ -72,7 +73,7 @@ class Runtime:
 
     @cached_property
     def mailer(self) -> Mailer:
-        from .mailer import build_mailer
+        from ..mail.mailer import build_mailer
 
         return build_mailer(self.settings)
 
@@ -102,14 +103,11 @@ def build_runtime(
     """Build a runtime and make its broker the global dramatiq broker of this process."""
     import dramatiq
 
-    from .actors import Actors
-
     settings = settings or load_settings()
     client = redis_client or _redis_client(settings)
     broker = RedisBroker(client=client, namespace=f"{settings.key_prefix}-queue")
     broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(CurrentMessage())
-    broker.add_middleware(CloseMailer())
     dramatiq.set_broker(broker)
     keys = Keys(settings.key_prefix)
     store = Store(
@@ -129,7 +127,8 @@ def build_runtime(
         due_index=DueIndex(client, keys),
         planning=Planning(client, store, keys),
     )
-    runtime.actors = Actors(broker, settings)
+    broker.add_middleware(CloseMailer(runtime.close_mailer))
+    runtime.actors = Actors(broker, runtime)
     return runtime
 
 

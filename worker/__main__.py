@@ -1,0 +1,5 @@
+"""`python -m worker` is the `renewals` command."""
+
+from .ops.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,4 @@
+"""What operations configure: the settings from the environment, and the rule file on disk.
+
+May import ``worker.domain`` only.
+"""

@@ -1,0 +1,59 @@
+"""What every way of sending shares: the Mailer interface, its result, and the envelope check.
+
+The SMTP pool (``mailer``) and the .eml folder (``outbox``) both implement it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+from typing import Protocol
+
+from aiosmtplib.email import parse_address
+
+__all__ = ["BARE_ADDRESS", "Mailer", "SendResult", "check_envelope"]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The server's final reply; ``refused`` maps recipients refused for good (5xx) to the server's reply."""
+
+    reply: str
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+
+class Mailer(Protocol):
+    """Hands one message to its envelope recipients.
+
+    Raises TransientSendError (retry later), PermanentSendError (do not retry) or ConfigError (fix the
+    settings); ValueError for an envelope that is not a sender and a non-empty list of addresses.
+    """
+
+    async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+BARE_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+@[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]+")
+
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_envelope(sender: str, recipients: Sequence[str]) -> None:
+    """Reject a bad envelope before any connection is touched.
+
+    aiosmtplib parses leniently: "a@x, b@x" would go out as "a@x" alone, and a line break would
+    fail only after MAIL, in the middle of a transaction.
+    """
+    if isinstance(recipients, str) or not recipients:
+        raise ValueError(f"recipients must be a non-empty sequence of addresses, not {recipients!r}")
+    for address in (sender, *recipients):
+        if BARE_ADDRESS.fullmatch(address):
+            continue
+        parsed = getaddresses([address])
+        if _CONTROL_CHARACTERS.search(address) or len(parsed) != 1 or not parsed[0][1]:
+            raise ValueError(f"not one email address: {address!r}")
+        parse_address(address)  # raises ValueError for what cannot go on an SMTP command line
