@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..domain.errors import RulesError
@@ -45,8 +45,16 @@ def load_rules(path: Path, *, known_templates: Collection[str] | None = None) ->
 class RulesWatcher:
     """Holds the rules in force for one file and swaps them only for a valid edit, so a typo never stops reminders."""
 
-    def __init__(self, path: Path, *, known_templates: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        known_templates: Collection[str] | None = None,
+        on_reload: Callable[[str], object] | None = None,
+    ) -> None:
+        """``on_reload`` hears of each edit: ``applied`` (valid, now in force) or ``invalid`` (refused)."""
         self.path = path
+        self._on_reload = on_reload
         self._known_templates = known_templates
         raw = _read(path)
         problems, rules = parse_rules(raw, str(path), known_templates)
@@ -75,9 +83,15 @@ class RulesWatcher:
             _log.error("%s: keeping the rules in force, the changed file has %d problem(s)", self.path, len(problems))
             for problem in problems:
                 _log.error("%s", problem)
+            self._notify("invalid")
             return False
         if rules.fingerprint == self._rules.fingerprint:
             return False
         _log.info("%s: new rules in force (fingerprint %s)", self.path, rules.fingerprint[:12])
         self._rules = rules
+        self._notify("applied")
         return True
+
+    def _notify(self, result: str) -> None:
+        if self._on_reload is not None:
+            self._on_reload(result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -110,12 +111,47 @@ class Settings(BaseSettings):
         description="Events per queue message from publish_many and renewals enqueue (one message each costs ~1 ms).",
     )
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged by the long-running processes (DEBUG logs each event)."
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="text lines, or one JSON object a line.")
+    log_addresses: Literal["full", "masked"] = Field(
+        default="masked", description="Email addresses in logs: masked (j***@acme.com) or in full."
+    )
+    metrics_enabled: bool = Field(default=True, description="Serve /metrics from the worker and the scheduler.")
+    metrics_host: str = Field(default="127.0.0.1", description="Address /metrics binds to (0.0.0.0: every interface).")
+    metrics_port: int = Field(
+        default=9464, ge=0, le=65535, description="First port tried for /metrics (0: any free port)."
+    )
+    metrics_port_tries: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Ports tried from METRICS_PORT up, so processes on one host share a range.",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Folder of the worker processes' metric files (a sub-folder per dramatiq CLI). Unset: temp dir.",
+    )
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="How often workers write their heartbeat.")
+    health_max_tick_age_s: float = Field(
+        default=60.0, gt=0, description="status --check: unhealthy when no scheduler ticked for this long."
+    )
+    health_max_overdue_s: float = Field(
+        default=600.0, gt=0, description="status --check: unhealthy when a due reminder waits unclaimed this long."
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("hubspot_contact_roles", mode="before")
     @classmethod
@@ -151,6 +187,27 @@ class Settings(BaseSettings):
                 origin = "the checkout"
             lines.append(f"{name}: {path} (from {origin})")
         return lines
+
+    @property
+    def redis_url_redacted(self) -> str | None:
+        """REDIS_URL with its password replaced by ***, for logs and `renewals status`."""
+        if self.redis_url is None:
+            return None
+        parts = urlsplit(self.redis_url)
+        if parts.password is None:
+            return self.redis_url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach a log line: the SMTP password and the one in REDIS_URL."""
+        found = [self.smtp_password] if self.smtp_password else []
+        if self.redis_url is not None:
+            password = urlsplit(self.redis_url).password
+            if password:
+                found.append(password)
+        return found
 
     @property
     def embedded(self) -> bool:

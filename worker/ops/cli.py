@@ -14,6 +14,7 @@ import redis
 
 from ..config.settings import default_data_path
 from ..domain.errors import ConfigError, InvalidEvent, RenewalsError
+from .status import add_status_parser
 
 __all__ = ["main"]
 
@@ -109,10 +110,11 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _log_info() -> None:
-    """Long-running commands say what they do: start-up, re-plans, each reminder's outcome."""
-    import logging
+    """Long-running commands say what they do (start-up, re-plans, each reminder's outcome), as LOG_* say."""
+    from ..config.settings import load_settings
+    from ..service.logs import configure_logging
 
-    logging.getLogger().setLevel(logging.INFO)
+    configure_logging(load_settings())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -245,6 +247,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("partner_id")
     p.add_argument("client_id")
     p.set_defaults(handler=_cmd_show_client)
+
+    add_status_parser(sub)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the event contract")
     p.add_argument("--output", "-o", help="write to this file instead of standard output")

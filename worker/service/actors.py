@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
-from ..domain.errors import InvalidEvent, PermanentError
+from ..domain.durations import describe_age
+from ..domain.errors import InvalidEvent, PermanentError, RenewalsError
 from ..domain.events import Event, parse_event
 from ..state.schedule import DueItem
 from .context import Context
 from .delivery import deliver_many
+from .telemetry import record_deliveries
 
 __all__ = [
     "DELIVERIES_QUEUE",
@@ -35,7 +37,6 @@ __all__ = [
 EVENTS_QUEUE = "events"
 DELIVERIES_QUEUE = "deliveries"
 _log = logging.getLogger("worker.ingest")
-_log_delivery = logging.getLogger("worker.delivery")
 
 
 INGEST_MAX_RETRIES = 20
@@ -55,7 +56,9 @@ def refuse_far_future(event: Event, *, now: datetime, max_future_s: int) -> None
     """Raise InvalidEvent when ``occurred_at`` is further ahead of ``now`` than ``max_future_s``."""
     ahead = event.occurred_at - now
     if ahead.total_seconds() > max_future_s:
-        raise InvalidEvent([("occurred_at", f"is {ahead} in the future (EVENT_MAX_FUTURE_S={max_future_s})")])
+        raise InvalidEvent(
+            [("occurred_at", f"is {describe_age(ahead)} of the worker's clock (EVENT_MAX_FUTURE_S={max_future_s})")]
+        )
 
 
 def _retries_left() -> bool:
@@ -86,6 +89,10 @@ def _ingest(
         handle(rt, args, kwargs)
     except Exception as exc:
         if _retries_left():
+            if isinstance(exc, RenewalsError):
+                # Expected (Redis away): one line, and dramatiq retries without logging a traceback.
+                _log.warning("events message will be retried: %s", exc)
+                raise dramatiq.Retry(str(exc)) from exc
             raise
         raws = events_of(args, kwargs) or [json.dumps([args, kwargs], default=repr)]
         error = [("", f"{type(exc).__name__}: {exc}")]
@@ -111,12 +118,24 @@ def handle_event_message(rt: Context, args: tuple[Any, ...], kwargs: dict[str, A
         event = screen_event(raw, now=now, max_future_s=rt.settings.event_max_future_s)
     except InvalidEvent as exc:
         rt.store.add_dead_letter(raw, "invalid_event", exc.errors, now=now)
-        _log.warning("dead-lettered an invalid event: %s", exc)
+        _log_dead_letter(raw, exc)
         return "dead_letter"
     # Applying also marks what must be re-planned; the scheduler loop re-plans it in batches.
     outcome = rt.store.apply(event, now=now)
-    _log.debug("event %s (%s): %s", event.event_id, event.type, outcome)
+    _log.debug("event %s (%s, partner %s): %s", event.event_id, event.type, event.partner_id, outcome)
     return outcome
+
+
+def _log_dead_letter(raw: str, exc: InvalidEvent) -> None:
+    """One WARNING naming the event id and partner as far as the raw text gives them."""
+    event_id = partner_id = "?"
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        event_id, partner_id = str(data.get("event_id", "?"))[:200], str(data.get("partner_id", "?"))[:200]
+    _log.warning("dead-lettered event %s of partner %s: %s", event_id, partner_id, exc, extra={"partner": partner_id})
 
 
 def _batch_items(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | None:
@@ -151,12 +170,14 @@ def handle_batch_message(rt: Context, args: tuple[Any, ...], kwargs: dict[str, A
             good.append((position, screen_event(raw, now=now, max_future_s=rt.settings.event_max_future_s)))
         except InvalidEvent as exc:
             rejected.append((raw, "invalid_event", exc.errors))
-            _log.warning("dead-lettered an invalid event: %s", exc)
+            _log_dead_letter(raw, exc)
     # Applied first: should the dead letters fail to be written, the retry finds the good events
     # already seen, instead of dead-lettering the bad ones twice.
     applied = rt.store.apply_many([event for _, event in good], now=now)
-    for (position, _), outcome in zip(good, applied, strict=True):
+    for (position, event), outcome in zip(good, applied, strict=True):
         outcomes[position] = outcome
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("event %s (%s, partner %s): %s", event.event_id, event.type, event.partner_id, outcome)
     rt.store.add_dead_letters(rejected, now=now)
     _log.debug("batch of %d event(s): %d valid, %d dead-lettered", len(raws), len(good), len(rejected))
     return outcomes
@@ -177,26 +198,13 @@ async def deliver_batch(rt: Context, items: list[list[Any]]) -> None:
     retries = message.options.get("retries", 0) if message is not None else 0
     refs = [(str(pid), str(rid), str(rem)) for pid, rid, rem, _ in items]
     results = await deliver_many(rt, refs, last_try=retries >= rt.settings.delivery_max_retries)
-    errors = []
-    for (partner_id, renewal_id, reminder_id), item, result in zip(refs, items, results, strict=True):
-        due = _due_text(item[3])
-        if isinstance(result, Exception):
-            errors.append(result)
-            _log_delivery.warning(
-                "reminder %s/%s/%s (due %s): will retry: %s", partner_id, renewal_id, reminder_id, due, result
-            )
-        else:
-            _log_delivery.info("reminder %s/%s/%s (due %s): %s", partner_id, renewal_id, reminder_id, due, result)
+    record_deliveries(rt, items, results)
+    errors = [result for result in results if isinstance(result, Exception)]
     if errors:
+        if all(isinstance(error, RenewalsError) for error in errors):
+            # Deferred sends are expected: logged above, one line each; dramatiq retries without a traceback.
+            raise dramatiq.Retry(str(errors[0])) from errors[0]
         raise errors[0]
-
-
-def _due_text(due_ms: object) -> str:
-    """The due time of a delivery message (epoch milliseconds) as UTC, for the log."""
-    try:
-        return datetime.fromtimestamp(int(due_ms) / 1000, tz=UTC).isoformat(timespec="seconds")  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError, OSError):
-        return repr(due_ms)
 
 
 class Actors:

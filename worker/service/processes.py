@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
+import socket
 import threading
 from types import FrameType
 
 import dramatiq
 
+from ..state.heartbeat import Heartbeats
 from ..state.schedule import Scheduler
+from .exposition import StateCollector, process_id, start_process_metrics
 from .runtime import Runtime
+from .telemetry import record_tick
 
 __all__ = ["build_scheduler", "log_start", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
 
@@ -28,7 +34,13 @@ def sync_rules(rt: Runtime) -> bool:
     if previous is not None and previous.decode() == rules.fingerprint:
         return False
     _log.info("rules %s in force: re-planning every renewal", rules.fingerprint[:12])
-    rt.planning.replan_all(rules, rt.clock.now())
+    since = rt.clock.now().isoformat()
+    marker = json.dumps({"since": since, "by": process_id("scheduler"), "rules": rules.fingerprint})
+    rt.redis.set(rt.keys.replan_running(), marker, ex=3_600)  # for `renewals status`; gone if this process dies
+    try:
+        rt.planning.replan_all(rules, rt.clock.now())
+    finally:
+        rt.redis.delete(rt.keys.replan_running())
     return True
 
 
@@ -40,13 +52,40 @@ def plan_pending(rt: Runtime) -> None:
         _log.info("re-planned %d renewal(s)", count)
 
 
-def build_scheduler(rt: Runtime) -> Scheduler:
+def build_scheduler(rt: Runtime, *, metrics_url: str | None = None) -> Scheduler:
+    """The scheduler loop of this process: each tick is timed, and a good one written as its heartbeat."""
+    heartbeats = Heartbeats(rt.redis, rt.keys)
+    me = process_id("scheduler")
+    started_at = rt.clock.now().isoformat()
+    ttl_s = max(30.0, 10 * rt.settings.scheduler_poll_s)
+    loaded: dict[str, str] = {}  # fingerprint -> when this process first ran with it
+
+    def after_tick(duration_s: float, ok: bool) -> None:
+        now = rt.clock.now()
+        record_tick(duration_s, ok=ok, now=now)
+        if ok:
+            fingerprint = rt.rules().fingerprint
+            info = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": started_at,
+                "last_tick_at": now.isoformat(),
+                "tick_s": round(duration_s, 6),
+                "poll_s": rt.settings.scheduler_poll_s,
+                "rules_fingerprint": fingerprint,
+                "rules_loaded_at": loaded.setdefault(fingerprint, now.isoformat()),
+                "rules_path": str(rt.settings.rules_path),
+                "metrics_url": metrics_url,
+            }
+            heartbeats.beat(me, "scheduler", now=now, ttl_s=ttl_s, info=info)
+
     return Scheduler(
         rt.due_index,
         rt.actors.enqueue_deliveries,
         rt.clock.now,
         lease_ms=60_000,
         on_tick=lambda: plan_pending(rt),
+        after_tick=after_tick,
     )
 
 
@@ -59,27 +98,59 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def log_start(rt: Runtime) -> None:
-    """Say where the rules and templates in use come from (env, the checkout, or the packaged copies)."""
-    for line in rt.settings.data_sources():
+def log_start(rt: Runtime, role: str) -> None:
+    """Say what this process is connected to: Redis, SMTP, the From address, the rules and the templates."""
+    settings = rt.settings
+    _log.info("%s starting (pid %d on %s)", role, os.getpid(), socket.gethostname())
+    if settings.redis_url is None:
+        _log.warning(
+            "redis: none: an in-process store that no other process can reach "
+            "(set REDIS_URL; to try the worker without one, use `renewals demo` or `renewals simulate`)"
+        )
+    else:
+        _log.info("redis: %s (key prefix %s)", settings.redis_url_redacted, settings.key_prefix)
+    if settings.smtp_host:
+        login = f", login {settings.smtp_username}" if settings.smtp_username else ", no login"
+        port, security = settings.smtp_port_effective, settings.smtp_security
+        _log.info("smtp: %s port %d, security %s%s", settings.smtp_host, port, security, login)
+    else:
+        _log.info("smtp: none: emails are written as .eml files to %s", settings.outbox_dir)
+    _log.info("from: %s", settings.mail_from, extra={"addresses": "full"})
+    for line in settings.data_sources():
         _log.info("%s", line)
+    try:
+        fingerprint = rt.rules().fingerprint
+    except Exception:  # the caller reports an invalid rule file itself
+        return
+    _log.info("rules fingerprint: %s", fingerprint[:12])
+
+
+def _serve_metrics(rt: Runtime) -> str | None:
+    state = StateCollector(rt.redis, rt.keys, queue_namespace=rt.broker.namespace, clock=rt.clock)
+    return start_process_metrics(rt.settings, state)
 
 
 def run_scheduler(rt: Runtime, stop: threading.Event | None = None) -> None:
-    log_start(rt)
+    log_start(rt, "scheduler")
     stop = stop or threading.Event()
     _stop_on_signals(stop)
-    build_scheduler(rt).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+    scheduler = build_scheduler(rt, metrics_url=_serve_metrics(rt))
+    try:
+        scheduler.run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+    finally:
+        Heartbeats(rt.redis, rt.keys).stop(process_id("scheduler"))
 
 
 def run_service(rt: Runtime, *, threads: int = 8, stop: threading.Event | None = None) -> None:
     """A dramatiq worker and a scheduler in this process until SIGINT or SIGTERM."""
-    log_start(rt)
+    log_start(rt, "worker and scheduler")
     stop = stop or threading.Event()
     _stop_on_signals(stop)
+    metrics_url = _serve_metrics(rt)
     worker = dramatiq.Worker(rt.broker, worker_threads=threads)
     worker.start()
     try:
-        build_scheduler(rt).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+        build_scheduler(rt, metrics_url=metrics_url).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
     finally:
         worker.stop()
+        Heartbeats(rt.redis, rt.keys).stop(process_id("scheduler"))

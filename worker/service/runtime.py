@@ -13,6 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from ..config.settings import Settings, load_settings
+from ..state.alarms import SmtpAlarm
 from ..state.keys import Keys
 from ..state.ledger import Ledger
 from ..state.planning import Planning
@@ -20,7 +21,9 @@ from ..state.schedule import DueIndex
 from ..state.store import Store
 from .actors import Actors
 from .clock import Clock, SystemClock
+from .exposition import Telemetry
 from .middleware import CloseMailer, DaemonAsyncIO
+from .telemetry import InstrumentedMailer, record_rule_reload
 
 if TYPE_CHECKING:
     from ..config.rulefile import RulesWatcher
@@ -58,7 +61,9 @@ class Runtime:
     def rules_watcher(self) -> RulesWatcher:
         from ..config.rulefile import RulesWatcher
 
-        return RulesWatcher(self.settings.rules_path, known_templates=self.renderer.template_names())
+        return RulesWatcher(
+            self.settings.rules_path, known_templates=self.renderer.template_names(), on_reload=record_rule_reload
+        )
 
     def rules(self) -> RuleSet:
         """The rules in force, looking for a valid edit of the file at most every RULES_RELOAD_S."""
@@ -75,7 +80,8 @@ class Runtime:
     def mailer(self) -> Mailer:
         from ..mail.mailer import build_mailer
 
-        return build_mailer(self.settings)
+        alarm = SmtpAlarm(self.redis, self.keys)
+        return InstrumentedMailer(build_mailer(self.settings), alarm=alarm, clock=self.clock)
 
     async def close_mailer(self) -> None:
         """Close the SMTP connections; the next send opens new ones (on the caller's event loop)."""
@@ -128,6 +134,7 @@ def build_runtime(
         planning=Planning(client, store, keys),
     )
     broker.add_middleware(CloseMailer(runtime.close_mailer))
+    broker.add_middleware(Telemetry(settings, client, keys, runtime.clock))
     runtime.actors = Actors(broker, runtime)
     return runtime
 

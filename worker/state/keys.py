@@ -95,3 +95,23 @@ class Keys:
 
     def rules_fingerprint(self) -> str:
         return f"{self.prefix}:rules:fingerprint"
+
+    def heartbeat(self, process_id: str) -> str:
+        """String with a TTL: one running scheduler's or worker's last sign of life (JSON)."""
+        return f"{self.prefix}:heartbeat:{key_part(process_id)}"
+
+    def heartbeats(self) -> str:
+        """Set of the heartbeat keys written so far; a reader drops the members whose key expired."""
+        return f"{self.prefix}:heartbeats"
+
+    def smtp_alarm(self) -> str:
+        """Hash: the SMTP error that stops all sending (login refused, TLS failed), since when; with a TTL."""
+        return f"{self.prefix}:alarm:smtp"
+
+    def outcome_counts(self, hour: int) -> str:
+        """Hash: delivery outcome -> count, for the hour starting at ``hour`` (epoch hours); kept a day."""
+        return f"{self.prefix}:stats:outcomes:{hour}"
+
+    def replan_running(self) -> str:
+        """String with a TTL while a scheduler re-plans every renewal after a rule change (JSON: since, by)."""
+        return f"{self.prefix}:rules:replan-running"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,13 +104,16 @@ class Scheduler:
         lease_ms: int = 60_000,
         batch: int = 500,
         on_tick: Callable[[], object] | None = None,
+        after_tick: Callable[[float, bool], object] | None = None,
     ) -> None:
+        """``after_tick`` hears of each tick of ``run_forever``: its duration in seconds and whether it succeeded."""
         self.index = index
         self.enqueue = enqueue
         self.now = now
         self.lease_ms = lease_ms
         self.batch = batch
         self.on_tick = on_tick
+        self.after_tick = after_tick
 
     def run_once(self) -> int:
         """Claim and enqueue everything due now; returns how many deliveries were enqueued."""
@@ -128,13 +132,21 @@ class Scheduler:
     def run_forever(self, stop: threading.Event, *, poll_s: float = 1.0) -> None:
         _log.info("scheduler started (poll every %.1fs)", poll_s)
         while not stop.is_set():
+            started = time.perf_counter()
+            ok = False
             try:
                 if self.on_tick is not None:
                     self.on_tick()
                 count = self.run_once()
+                ok = True
                 if count:
                     _log.info("enqueued %d due reminder(s)", count)
             except redis.ConnectionError as exc:
                 _log.warning("Redis unavailable, retrying: %s", exc)
+            if self.after_tick is not None:
+                try:
+                    self.after_tick(time.perf_counter() - started, ok)
+                except redis.ConnectionError as exc:
+                    _log.warning("Redis unavailable, heartbeat not written: %s", exc)
             stop.wait(poll_s)
         _log.info("scheduler stopped")
