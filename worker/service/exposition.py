@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .clock import Clock
 
 __all__ = [
+    "MetricsServer",
     "StateCollector",
     "Telemetry",
     "in_dramatiq_cli",
@@ -121,8 +123,18 @@ class _Chain:
             yield from collector.collect()
 
 
-def serve_metrics(settings: Settings, registry: Any) -> str | None:
-    """Serve ``registry`` on the first free port from METRICS_PORT (METRICS_PORT_TRIES of them); its URL."""
+@dataclass(frozen=True)
+class MetricsServer:
+    url: str
+    server: Any  # wsgiref's server, serving in a daemon thread
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_metrics(settings: Settings, registry: Any) -> MetricsServer | None:
+    """Serve ``registry`` on the first free port from METRICS_PORT (METRICS_PORT_TRIES of them)."""
     from prometheus_client import start_wsgi_server
 
     host = settings.metrics_host
@@ -141,7 +153,7 @@ def serve_metrics(settings: Settings, registry: Any) -> str | None:
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{server.server_port}/metrics"
         _log.info("metrics on %s", url)
-        return url
+        return MetricsServer(url, server)
     _log.error(
         "metrics not served: ports %d-%d on %s are all taken (set METRICS_PORT or METRICS_PORT_TRIES)",
         settings.metrics_port,
@@ -242,7 +254,8 @@ def start_process_metrics(settings: Settings, state: StateCollector | None) -> s
     collectors: list[Any] = [REGISTRY]
     if state is not None:
         collectors.append(state)
-    return serve_metrics(settings, _Chain(*collectors))
+    served = serve_metrics(settings, _Chain(*collectors))
+    return None if served is None else served.url
 
 
 def serve_worker_metrics() -> int:
@@ -256,10 +269,10 @@ def serve_worker_metrics() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(folder))
-    url = serve_metrics(settings, registry)
-    if url is None:
+    served = serve_metrics(settings, registry)
+    if served is None:
         return 1
-    (folder / _URL_FILE).write_text(url)
+    (folder / _URL_FILE).write_text(served.url)
     threading.Event().wait()
     return 0
 
