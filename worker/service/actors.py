@@ -56,8 +56,9 @@ def refuse_far_future(event: Event, *, now: datetime, max_future_s: int) -> None
     """Raise InvalidEvent when ``occurred_at`` is further ahead of ``now`` than ``max_future_s``."""
     ahead = event.occurred_at - now
     if ahead.total_seconds() > max_future_s:
+        limit = f"EVENT_MAX_FUTURE_S={max_future_s}"
         raise InvalidEvent(
-            [("occurred_at", f"is {describe_age(ahead)} of the worker's clock (EVENT_MAX_FUTURE_S={max_future_s})")]
+            [("occurred_at", f"is {describe_age(ahead)} of the worker's clock: too far in the future ({limit})")]
         )
 
 
