@@ -268,7 +268,7 @@ def serve_worker_metrics() -> int:
     folder = multiprocess_dir(settings, os.getppid())
     folder.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(folder))
+    MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
     served = serve_metrics(settings, registry)
     if served is None:
         return 1
@@ -330,7 +330,7 @@ class Telemetry(Middleware):
         if self._folder is not None:
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(os.getpid(), str(self._folder))
+            multiprocess.mark_process_dead(os.getpid(), str(self._folder))  # type: ignore[no-untyped-call]
 
     def _metrics_url(self) -> str | None:
         if self._folder is None:

@@ -107,7 +107,8 @@ def state_counts(client: redis.Redis, keys: Keys) -> StateCounts:
         pipe.zcard(keys.dirty())
         events, dead_total, dead_kept, suppressed, dirty = pipe.execute()
     return StateCounts(
-        events={k.decode(): int(v) for k, v in sorted(events.items())},
+        events={"applied": 0, "duplicate": 0, "stale": 0, "already_ended": 0}
+        | {k.decode(): int(v) for k, v in sorted(events.items())},
         dead_letters_total=int(dead_total or 0),
         dead_letters_kept=int(dead_kept),
         suppressed=int(suppressed),
