@@ -306,6 +306,10 @@ def test_a_stale_scheduler_tick_and_an_smtp_alarm_make_the_service_unhealthy(run
     ]
     healthy = replace(status, smtp_alarm=None, processes=[replace(status.processes[0], info={}), status.processes[1]])
     assert health_problems(healthy, max_tick_age_s=60, max_overdue_s=600) == []
+    # A re-plan of every renewal runs inside one tick: a long tick then is no reason to restart the scheduler.
+    replanning = replace(status, smtp_alarm=None, replan_running={"since": NOW.isoformat(), "by": "scheduler:h:1"})
+    assert health_problems(replanning, max_tick_age_s=60, max_overdue_s=600) == []
+    assert "re-planning every renewal since 2026-12-04 12:00:00 UTC" in render_status(replanning, [])
 
 
 def test_a_dead_lettered_event_is_logged_with_its_event_id_and_partner(runtime, caplog):

@@ -89,7 +89,8 @@ def health_problems(status: Status, *, max_tick_age_s: float, max_overdue_s: flo
     else:
         newest = max(_last_tick(s) for s in schedulers)
         age_s = (status.now - newest).total_seconds()
-        if age_s > max_tick_age_s:
+        # A re-plan of every renewal (after a rule change) runs inside one tick and may take minutes.
+        if age_s > max_tick_age_s and status.replan_running is None:
             ago = describe_duration(status.now - newest)
             problems.append(f"no scheduler tick for {ago} (HEALTH_MAX_TICK_AGE_S={max_tick_age_s:g})")
     if not status.workers():

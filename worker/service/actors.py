@@ -98,7 +98,9 @@ def _ingest(
         raws = events_of(args, kwargs) or [json.dumps([args, kwargs], default=repr)]
         error = [("", f"{type(exc).__name__}: {exc}")]
         rt.store.add_dead_letters([(raw, "processing_failed", error) for raw in raws], now=rt.clock.now())
-        _log.exception("%d event(s) dead-lettered after %d retries", len(raws), INGEST_MAX_RETRIES)
+        _log.exception(
+            "%d event(s) dead-lettered after %d retries: %s", len(raws), INGEST_MAX_RETRIES, _event_names(raws)
+        )
 
 
 def _single_item(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str] | None:
@@ -127,15 +129,25 @@ def handle_event_message(rt: Context, args: tuple[Any, ...], kwargs: dict[str, A
     return outcome
 
 
-def _log_dead_letter(raw: str, exc: InvalidEvent) -> None:
-    """One WARNING naming the event id and partner as far as the raw text gives them."""
-    event_id = partner_id = "?"
+def _event_name(raw: str) -> tuple[str, str]:
+    """(event id, partner id) as far as the raw text of an event gives them, else "?"."""
     try:
         data = json.loads(raw)
     except ValueError:
         data = None
-    if isinstance(data, dict):
-        event_id, partner_id = str(data.get("event_id", "?"))[:200], str(data.get("partner_id", "?"))[:200]
+    if not isinstance(data, dict):
+        return "?", "?"
+    return str(data.get("event_id", "?"))[:200], str(data.get("partner_id", "?"))[:200]
+
+
+def _event_names(raws: list[str], shown: int = 5) -> str:
+    names = [f"{event_id} of partner {partner_id}" for event_id, partner_id in map(_event_name, raws[:shown])]
+    return ", ".join(names) + (f" and {len(raws) - shown} more" if len(raws) > shown else "")
+
+
+def _log_dead_letter(raw: str, exc: InvalidEvent) -> None:
+    """One WARNING naming the event id and partner as far as the raw text gives them."""
+    event_id, partner_id = _event_name(raw)
     _log.warning("dead-lettered event %s of partner %s: %s", event_id, partner_id, exc, extra={"partner": partner_id})
 
 

@@ -57,7 +57,8 @@ def build_scheduler(rt: Runtime, *, metrics_url: str | None = None) -> Scheduler
     heartbeats = Heartbeats(rt.redis, rt.keys)
     me = process_id("scheduler")
     started_at = rt.clock.now().isoformat()
-    ttl_s = max(30.0, 10 * rt.settings.scheduler_poll_s)
+    # Outlives the health threshold, so a stuck scheduler shows as "no tick for ..." rather than vanishing.
+    ttl_s = max(3 * rt.settings.health_max_tick_age_s, 10 * rt.settings.scheduler_poll_s)
     loaded: dict[str, str] = {}  # fingerprint -> when this process first ran with it
 
     def after_tick(duration_s: float, ok: bool) -> None:
