@@ -84,7 +84,7 @@ def build_scheduler(rt: Runtime, *, metrics_url: str | None = None) -> Scheduler
         rt.due_index,
         rt.actors.enqueue_deliveries,
         rt.clock.now,
-        lease_ms=60_000,
+        lease_ms=int(rt.settings.claim_lease_s * 1000),
         on_tick=lambda: plan_pending(rt),
         after_tick=after_tick,
     )
