@@ -21,7 +21,7 @@ from worker.config.settings import load_settings
 from worker.domain.durations import describe_age, describe_duration
 from worker.domain.errors import ConfigError, InvalidEvent, TransientSendError
 from worker.domain.events import parse_event
-from worker.mail.transport import SendResult
+from worker.mail.transport import Envelope, SendResult
 from worker.ops.status import gather_status, health_problems, render_status
 from worker.service.actors import handle_event_message, screen_event
 from worker.service.clock import VirtualClock
@@ -180,6 +180,12 @@ class _Inner:
             raise self.fail
         return SendResult(reply="250 OK")
 
+    async def send_checked(self, prepare, *, accepted=None) -> SendResult | None:
+        envelope = await prepare()
+        if envelope is None:
+            return None
+        return await self.send(sender=envelope.sender, recipients=envelope.recipients, message=envelope.message)
+
     async def close(self) -> None:
         pass
 
@@ -208,7 +214,17 @@ def test_an_smtp_error_that_stops_all_sending_raises_the_alarm_until_a_send_is_a
         asyncio.run(mailer.send(**send))
     assert alarm.current() is not None  # a deferral does not end it
     inner.fail = None
-    asyncio.run(mailer.send(**send))
+
+    async def nothing_to_send() -> None:
+        return None
+
+    assert asyncio.run(mailer.send_checked(nothing_to_send)) is None
+    assert alarm.current() is not None  # nothing was sent, so nothing shows the server takes mail again
+
+    async def this_message() -> Envelope:
+        return Envelope("a@x.example", ["b@x.example"], b"x")
+
+    asyncio.run(mailer.send_checked(this_message))
     assert alarm.current() is None
     assert {c: _count(c) - before[c] for c in before} == {"2xx": 1, "4xx": 1, "config": 1}
 

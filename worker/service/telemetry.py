@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..domain.errors import ConfigError, RenewalsError
-from ..mail.transport import Mailer, SendResult
+from ..mail.transport import Accepted, Mailer, Prepare, SendResult
 from ..state.alarms import OutcomeCounts, SmtpAlarm
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class _Metrics:
         )
         self.send_duration = Histogram(
             "renewals_smtp_send_duration_seconds",
-            "Time one message spent in the SMTP client, connection set-up included.",
+            "One message in the mailer: waiting for a connection, the send-time check, the SMTP transaction.",
             buckets=_SEND_BUCKETS,
         )
         self.lateness = Histogram(
@@ -217,22 +217,40 @@ class InstrumentedMailer:
         self._alarm_raised = False
 
     async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
-        m = metrics()
         started = time.perf_counter()
         try:
             result = await self.inner.send(sender=sender, recipients=recipients, message=message)
         except RenewalsError as exc:
-            m.send_duration.observe(time.perf_counter() - started)
-            m.smtp_replies.labels(_reply_class(exc)).inc()
-            if isinstance(exc, ConfigError):
-                self._raise_alarm(str(exc))
+            self._failed(exc, started)
             raise
+        self._accepted(started)
+        return result
+
+    async def send_checked(self, prepare: Prepare, *, accepted: Accepted | None = None) -> SendResult | None:
+        started = time.perf_counter()
+        try:
+            result = await self.inner.send_checked(prepare, accepted=accepted)
+        except RenewalsError as exc:
+            self._failed(exc, started)
+            raise
+        if result is not None:  # None: the send-time check found nothing to send
+            self._accepted(started)
+        return result
+
+    def _failed(self, exc: RenewalsError, started: float) -> None:
+        m = metrics()
+        m.send_duration.observe(time.perf_counter() - started)
+        m.smtp_replies.labels(_reply_class(exc)).inc()
+        if isinstance(exc, ConfigError):
+            self._raise_alarm(str(exc))
+
+    def _accepted(self, started: float) -> None:
+        m = metrics()
         m.send_duration.observe(time.perf_counter() - started)
         m.smtp_replies.labels("2xx").inc()
         if self._alarm_raised:
             self._alarm_raised = False
             self._quietly(self.alarm.clear)
-        return result
 
     async def close(self) -> None:
         await self.inner.close()
