@@ -14,8 +14,9 @@ import dramatiq
 
 from ..state.heartbeat import Heartbeats
 from ..state.schedule import Scheduler
-from .exposition import StateCollector, process_id, start_process_metrics
+from .exposition import process_id, start_process_metrics
 from .runtime import Runtime
+from .state_metrics import StateCollector
 from .telemetry import record_tick
 
 __all__ = ["build_scheduler", "log_start", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
