@@ -283,15 +283,23 @@ class _Send:
         rt, (partner_id, renewal_id, reminder_id) = self.rt, self.ref
         emails = [r.person.email for r in self.send.routing.to + self.send.routing.cc]
 
+        pending = recorder.take()
+
         def before(pipe: redis.client.Pipeline) -> int:
-            count = recorder.queue(pipe)
+            count = recorder.queue(pipe, pending)
             pipe.smismember(rt.ledger.keys.suppressed(), [e.casefold() for e in emails])
             return count + 1
 
-        head, view = rt.planning.recheck(
-            partner_id, renewal_id, self.client_id, before=before, scripts=[rt.ledger.finish_script]
+        # In a thread: the event loop goes on with the other sends while this waits for Redis.
+        head, view = await asyncio.to_thread(
+            rt.planning.recheck,
+            partner_id,
+            renewal_id,
+            self.client_id,
+            before=before,
+            scripts=[rt.ledger.finish_script],
         )
-        recorder.written()
+        recorder.done(pending)
         now = rt.clock.now()
         if reminder_id in view.outcomes:
             return self._stop(recorder, "already_final", release=True)
