@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
@@ -20,6 +21,7 @@ from ..state.ledger import Ledger, Outcome, ReminderRef
 __all__ = ["FinishItem", "Pending", "Recorder", "keep_leases_alive", "wait_for_redis"]
 
 _log = logging.getLogger("worker.delivery")
+_T = TypeVar("_T")
 
 FinishItem = tuple[ReminderRef, Outcome, str, bool]
 """(reminder, outcome, lease token, plan the next reminder): what ``Ledger.finish_many`` takes."""
@@ -77,13 +79,9 @@ class Recorder:
 
     def done(self, pending: Pending) -> None:
         """``pending`` is in Redis: drop it (by identity: more may have come, or been written, since)."""
-        for mine, theirs in (
-            (self._items, pending.items),
-            (self._suppress, pending.suppress),
-            (self._release, pending.release),
-        ):
-            written = {id(x) for x in theirs}
-            mine[:] = [x for x in mine if id(x) not in written]
+        self._items[:] = _without(self._items, pending.items)
+        self._suppress[:] = _without(self._suppress, pending.suppress)
+        self._release[:] = _without(self._release, pending.release)
 
     def write_now(self) -> bool:
         """Write what is pending in one round trip; False (and kept) when Redis did not answer."""
@@ -112,6 +110,11 @@ class Recorder:
             wait_s,
             len(self._items),
         )
+
+
+def _without(items: list[_T], written: list[_T]) -> list[_T]:
+    ids = {id(x) for x in written}
+    return [x for x in items if id(x) not in ids]
 
 
 async def wait_for_redis(attempt: Callable[[], bool], *, wait_s: float) -> bool:
