@@ -261,3 +261,35 @@ def test_a_deferred_send_logs_one_warning_line_and_no_traceback(smtp_server: Smt
     assert len(warnings) == 2, warnings
     assert all("reminder p1/r0/first-notice" in w and "451" in w for w in warnings)
     assert "Traceback" not in log and " ERROR " not in log
+
+
+def test_renewals_run_serves_one_endpoint_with_worker_and_scheduler_metrics_and_beats_for_both(
+    redis_url, runtime, tmp_path
+):
+    port = free_ports(2)
+    env = service_env(redis_url, tmp_path, port)
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.ops.cli", "run", "--threads", "2"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        beats = wait_for(lambda: alive(runtime, schedulers=1, workers=0))
+        wait_for(lambda: [b for b in Heartbeats(runtime.redis, runtime.keys).alive() if b.role == "worker"])
+        (url,) = {b.info["metrics_url"] for b in beats if b.role == "scheduler"}
+        assert url == f"http://127.0.0.1:{port}/metrics"
+        publish_many(due_now_events(2), runtime=runtime)
+        samples = wait_for(
+            lambda: (s := scrape(url)) and value(s, "renewals_reminders_total", outcome="sent") == 2 and s
+        )
+        assert value(samples, "renewals_events_total", result="applied") == 4
+        assert value(samples, "renewals_scheduler_ticks_total", result="ok") > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert Heartbeats(runtime.redis, runtime.keys).alive() == []  # a clean stop says so at once
+    assert "worker and scheduler starting" in log.read_text()
