@@ -208,7 +208,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def add_status_parser(sub: Any) -> None:
     """Register `renewals status` on the CLI's subcommands."""
-    p = sub.add_parser("status", help="schedulers and workers alive, due index, outcomes, queues, health")
+    summary = "schedulers and workers alive, due index, outcomes, queues, health"
+    p = sub.add_parser("status", help=summary, description=f"Is the service working? {summary}.")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     p.add_argument(
         "--check",
