@@ -50,7 +50,7 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 40.0) -> Any:
 def free_ports(count: int) -> int:
     """The first of ``count`` consecutive ports free on loopback now."""
     for _ in range(200):
-        first = random.randint(20_000, 50_000)
+        first = random.randint(10_000, 30_000)  # below the ephemeral ports clients are given
         sockets = []
         try:
             for port in range(first, first + count):
