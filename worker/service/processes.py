@@ -9,7 +9,9 @@ from types import FrameType
 
 import dramatiq
 
+from ..state.digests import DigestState
 from ..state.schedule import Scheduler
+from .digests import DigestScheduler
 from .runtime import Runtime
 
 __all__ = ["build_scheduler", "log_start", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
@@ -41,13 +43,13 @@ def plan_pending(rt: Runtime) -> None:
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:
-    return Scheduler(
-        rt.due_index,
-        rt.actors.enqueue_deliveries,
-        rt.clock.now,
-        lease_ms=60_000,
-        on_tick=lambda: plan_pending(rt),
-    )
+    digests = DigestScheduler(DigestState(rt.store), rt.rules, rt.actors.enqueue_digest)
+
+    def tick() -> None:
+        plan_pending(rt)
+        digests.maybe_run(rt.clock.now())
+
+    return Scheduler(rt.due_index, rt.actors.enqueue_deliveries, rt.clock.now, lease_ms=60_000, on_tick=tick)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
