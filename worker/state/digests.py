@@ -80,6 +80,19 @@ class DigestState:
 
         return [bool(reply) for reply in run_pipeline(self.redis, build, [self._claim_period])]
 
+    def outcomes(self, partner_id: str) -> list[tuple[str, str, Outcome]]:
+        """Every digest outcome of a partner as ``(user email, period id, outcome)``, found by a SCAN of
+        the ledger keys (for inspection and the simulation, not for the hot path)."""
+        marker = digest_ledger_id("")
+        pattern = _glob_escape(self.keys.ledger(partner_id, marker)[: -len(":ledger")]) + "*:ledger"
+        found = []
+        for key in self.redis.scan_iter(match=pattern, count=1_000):
+            text = key.decode()
+            email = text[text.index(marker) + len(marker) : -len(":ledger")]
+            for period_id, raw in self.redis.hgetall(key).items():
+                found.append((email, period_id.decode(), Outcome.from_json(raw)))
+        return found
+
     def partner_state(self, partner_id: str) -> PartnerDigestState:
         """The partner and all its renewals, read in a few pipelined round trips (chunks of renewals)."""
         k = self.keys
@@ -124,6 +137,10 @@ class DigestState:
                 )
             )
         return PartnerDigestState(partner_id, partner, tuple(facts))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _sent(ledger: dict[bytes, bytes]) -> tuple[SentReminder, ...]:
