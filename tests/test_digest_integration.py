@@ -118,7 +118,9 @@ def seed_mixed_partner(p: Pipeline) -> None:
     events += [
         owner_changed(at=at, client_id="c2", owner="partner", notify_user=person("Jonas Berg", JONAS)),
         owner_changed(at=at, client_id="c6", owner="hubspot", notify_user=person("Jonas Berg", JONAS)),
-        services_ended(at=at, client_id="c3"),
+        # Kim is named only for a client whose services then ended: Kim gets no digest.
+        owner_changed(at=at, client_id="c3", owner="partner", notify_user=person("Kim Lee", "kim@northwind.agency")),
+        services_ended(at="2026-12-02T10:00:00Z", client_id="c3"),
         renewal_updated(at=at, renewal_id="r1", client_id="c1", start_date=start_for(date(2027, 1, 15))),
         renewal_updated(
             at=at, renewal_id="r2", client_id="c2", start_date=start_for(date(2026, 12, 20)), currency="USD"

@@ -25,6 +25,7 @@ __all__ = [
     "build_digest",
     "currency_totals",
     "digest_recipients",
+    "may_require_action",
     "requiring_action",
     "rows_for",
 ]
@@ -113,23 +114,35 @@ class Digest:
         return self.total_count - len(self.rows)
 
 
-def digest_recipients(partner: PartnerData | None, facts: Iterable[RenewalFacts]) -> tuple[DigestRecipient, ...]:
+def digest_recipients(partner: PartnerData | None, overrides: Iterable[OwnerData]) -> tuple[DigestRecipient, ...]:
     """The partner's default notify user (every client), then each user named in a client override (those
-    clients), each address once. Client contacts are never among them; clients whose services ended
-    bring nobody in."""
+    clients), each address once. Client contacts are never among them. ``overrides`` are those of the
+    clients still served: a client whose services ended brings nobody in."""
     default = partner.notify_user if partner is not None else None
     named: dict[str, tuple[Person, set[str]]] = {}
-    for fact in facts:
-        override = fact.override
-        if fact.services_ended or override is None or override.notify_user is None:
+    for override in overrides:
+        if override.notify_user is None:
             continue
         key = override.notify_user.email.casefold()
         if default is not None and key == default.email.casefold():
             continue
-        named.setdefault(key, (override.notify_user, set()))[1].add(fact.renewal.client_id)
+        named.setdefault(key, (override.notify_user, set()))[1].add(override.client_id)
     out = [DigestRecipient(default, None)] if default is not None else []
     out += [DigestRecipient(person, frozenset(ids)) for _, (person, ids) in sorted(named.items())]
     return tuple(out)
+
+
+def may_require_action(
+    renewal: RenewalData, *, removed: bool, today: date, horizon_days: int, deadline_days_before_start: int
+) -> bool:
+    """What the renewal alone says: pending, not removed, deadline from ``today`` to ``horizon_days`` ahead.
+
+    The store reads the client and ledger of these renewals only, which keeps a large partner's digest cheap.
+    """
+    if removed or renewal.status != "pending":
+        return False
+    deadline = renewal.start_date - timedelta(days=deadline_days_before_start)
+    return today <= deadline <= today + timedelta(days=horizon_days)
 
 
 def _audience(sent: SentReminder, client: ClientData | None) -> Audience:
@@ -153,15 +166,18 @@ def requiring_action(
 ) -> list[DigestRow]:
     """The renewals that need a decision: pending, services not ended, not removed, and a deadline from
     ``today`` (the partner's local date) to ``horizon_days`` ahead; sorted by deadline, then client."""
-    last_day = today + timedelta(days=horizon_days)
     rows = []
     for fact in facts:
         renewal = fact.renewal
-        if fact.removed or fact.services_ended or renewal.status != "pending":
+        if fact.services_ended or not may_require_action(
+            renewal,
+            removed=fact.removed,
+            today=today,
+            horizon_days=horizon_days,
+            deadline_days_before_start=deadline_days_before_start,
+        ):
             continue
         deadline = renewal.start_date - timedelta(days=deadline_days_before_start)
-        if not today <= deadline <= last_day:
-            continue
         client = fact.client
         sent = tuple(
             (s.reminder_id, s.sent_at.date(), _audience(s, client)) for s in sorted(fact.sent, key=lambda s: s.sent_at)

@@ -171,8 +171,7 @@ def _cmd_requiring_action(args: argparse.Namespace) -> int:
         print(f"no events received for partner {args.partner_id}", file=sys.stderr)
         return 1
     rules = rt.rules()
-    state = DigestState(rt.store).partner_state(args.partner_id)
-    _, rows = partner_rows(state, rules, rt.clock.now(), user=args.user)
+    _, rows = partner_rows(DigestState(rt.store), args.partner_id, rules, rt.clock.now(), user=args.user)
     sys.stdout.write(format_rows(rows, args.format, horizon_days=rules.digest.horizon_days))
     return 0
 

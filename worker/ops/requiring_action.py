@@ -12,8 +12,8 @@ from typing import Literal
 from ..domain.digest import DigestRow, currency_totals, digest_recipients, requiring_action, rows_for
 from ..domain.errors import RenewalsError
 from ..domain.rules import RuleSet
-from ..service.digests import partner_timezone
-from ..state.digests import PartnerDigestState
+from ..service.digests import partner_timezone, read_partner
+from ..state.digests import DigestState
 
 __all__ = ["COLUMNS", "OutputFormat", "format_rows", "partner_rows"]
 
@@ -25,10 +25,11 @@ COLUMNS: tuple[str, ...] = (
 
 
 def partner_rows(
-    state: PartnerDigestState, rules: RuleSet, now: datetime, *, user: str | None = None
+    digests: DigestState, partner_id: str, rules: RuleSet, now: datetime, *, user: str | None = None
 ) -> tuple[date, list[DigestRow]]:
     """The partner's local date and its renewals requiring action, or those of one user's digest."""
-    today = now.astimezone(partner_timezone(state.partner)).date()
+    today = now.astimezone(partner_timezone(digests.store.partner(partner_id))).date()
+    state = read_partner(digests, partner_id, rules, today)
     rows = requiring_action(
         state.facts,
         partner=state.partner,
@@ -38,7 +39,7 @@ def partner_rows(
     )
     if user is None:
         return today, rows
-    recipients = {r.person.email.casefold(): r for r in digest_recipients(state.partner, state.facts)}
+    recipients = {r.person.email.casefold(): r for r in digest_recipients(state.partner, state.overrides)}
     recipient = recipients.get(user.casefold())
     if recipient is None:
         known = ", ".join(sorted(recipients)) or "none"

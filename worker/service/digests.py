@@ -18,10 +18,18 @@ from zoneinfo import ZoneInfo
 import idna
 from dramatiq.middleware import CurrentMessage
 
-from ..domain.digest import DigestRecipient, DigestRow, build_digest, digest_recipients, requiring_action, rows_for
+from ..domain.digest import (
+    DigestRecipient,
+    DigestRow,
+    build_digest,
+    digest_recipients,
+    may_require_action,
+    requiring_action,
+    rows_for,
+)
 from ..domain.digest_periods import current_period, due_period, next_due_at
 from ..domain.errors import PermanentSendError, TransientError
-from ..domain.events import PartnerData
+from ..domain.events import PartnerData, RenewalData
 from ..domain.rules import RuleSet
 from ..mail.digest_render import DigestRenderer
 from ..mail.message import build_message, envelope_recipients, message_id_for
@@ -37,6 +45,7 @@ __all__ = [
     "deliver_digest_message",
     "next_digest_due",
     "partner_timezone",
+    "read_partner",
 ]
 
 _log = logging.getLogger("worker.digest")
@@ -117,13 +126,14 @@ async def deliver_digest(rt: Context, partner_id: str, period_id: str, *, last_t
     """
     now = rt.clock.now()
     rules = rt.rules()
-    state = DigestState(rt.store).partner_state(partner_id)
-    period = current_period(rules.digest, partner_timezone(state.partner), now)
+    partner = rt.store.partner(partner_id)
+    period = current_period(rules.digest, partner_timezone(partner), now)
     if period is None or period.id != period_id:
         # Digests were switched off, or the period ended before this message ran: its content
         # would be stale, and the next period has its own digest.
         _log.info("digest %s of %s: no longer current, not sent", period_id, partner_id)
         return {}
+    state = read_partner(DigestState(rt.store), partner_id, rules, period.local_day)
     rows = requiring_action(
         state.facts,
         partner=state.partner,
@@ -131,7 +141,7 @@ async def deliver_digest(rt: Context, partner_id: str, period_id: str, *, last_t
         today=period.local_day,
         horizon_days=rules.digest.horizon_days,
     )
-    recipients = digest_recipients(state.partner, state.facts)
+    recipients = digest_recipients(state.partner, state.overrides)
     refs = [(partner_id, digest_ledger_id(r.person.email), period_id) for r in recipients]
     claims = rt.ledger.claim_many([(ref, [r.person.email]) for ref, r in zip(refs, recipients, strict=True)])
     results: dict[str, str] = {}
@@ -159,6 +169,22 @@ async def deliver_digest(rt: Context, partner_id: str, period_id: str, *, last_t
     if errors:
         raise errors[0]
     return results
+
+
+def read_partner(state: DigestState, partner_id: str, rules: RuleSet, today: date) -> PartnerDigestState:
+    """What the partner's digests are made from on ``today`` (its local date): the renewals that may
+    require action, with their clients and ledgers, and who gets a digest."""
+
+    def candidate(renewal: RenewalData, removed: bool) -> bool:
+        return may_require_action(
+            renewal,
+            removed=removed,
+            today=today,
+            horizon_days=rules.digest.horizon_days,
+            deadline_days_before_start=rules.deadline_days_before_start,
+        )
+
+    return state.partner_state(partner_id, candidate)
 
 
 async def deliver_digest_message(rt: Context, partner_id: str, period_id: str) -> None:

@@ -6,23 +6,32 @@ partner user that no renewal id can take: ids from events never hold control cha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
 from ..domain.digest import RenewalFacts, SentReminder
-from ..domain.events import PartnerData
+from ..domain.events import ClientData, OwnerData, PartnerData, RenewalData
 from .keys import SEP
 from .ledger import Outcome
 from .records import decode_payload, read_record
 from .scripts import LuaScript, run_pipeline
-from .store import Store, client_state_of, renewal_state
+from .store import Store, renewal_state
 
 __all__ = ["DigestState", "PartnerDigestState", "digest_ledger_id"]
 
-# A partner's renewals are read this many at a time: one pipelined round trip each.
-_CHUNK = 2_000
+# A partner's records are read this many at a time: one command (MGET, or the script) each.
+_CHUNK = 1_000
+T = TypeVar("T")
+
+# HGETALL of many ledgers in one call: one reply (a flat field/value list) per key.
+_READ_LEDGERS = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+return out
+"""
 
 # Marks a partner's period as enqueued unless it already is: of many schedulers, one enqueues it.
 _CLAIM_PERIOD = """
@@ -39,11 +48,13 @@ def digest_ledger_id(email: str) -> str:
 
 @dataclass(frozen=True)
 class PartnerDigestState:
-    """A partner and every renewal it has, with clients and the reminders sent: what a digest is made from."""
+    """What a partner's digests are made from: its renewals (those asked for) with their clients and the
+    reminders sent, and the owner overrides of its clients still served (who gets a digest)."""
 
     partner_id: str
     partner: PartnerData | None
     facts: tuple[RenewalFacts, ...]
+    overrides: tuple[OwnerData, ...] = ()
 
 
 class DigestState:
@@ -54,6 +65,7 @@ class DigestState:
         self.redis: redis.Redis = store.redis
         self.keys = store.keys
         self._claim_period = LuaScript(self.redis, _CLAIM_PERIOD)
+        self._read_ledgers = LuaScript(self.redis, _READ_LEDGERS)
 
     def partners(self) -> list[tuple[str, PartnerData | None]]:
         """Every partner with its settings, in one round trip after the list of ids."""
@@ -93,60 +105,75 @@ class DigestState:
                 found.append((email, period_id.decode(), Outcome.from_json(raw)))
         return found
 
-    def partner_state(self, partner_id: str) -> PartnerDigestState:
-        """The partner and all its renewals, read in a few pipelined round trips (chunks of renewals)."""
+    def partner_state(
+        self, partner_id: str, candidate: Callable[[RenewalData, bool], bool] = lambda renewal, removed: True
+    ) -> PartnerDigestState:
+        """The partner, the renewals that ``candidate(renewal, removed)`` accepts with their clients and
+        the reminders sent, and the owner overrides of its clients still served.
+
+        Built for a partner with tens of thousands of renewals: records are read with MGET and the
+        ledgers with one script call per chunk (a command each costs more in redis-py than in
+        Redis), and a client's details and a renewal's ledger only for the candidates.
+        """
         k = self.keys
         partner = self.store.partner(partner_id)
         renewal_ids = self.store.renewal_ids(partner_id)
-        renewals = []
-        for start in range(0, len(renewal_ids), _CHUNK):
-            chunk = renewal_ids[start : start + _CHUNK]
-            with self.redis.pipeline(transaction=False) as pipe:
-                for rid in chunk:
-                    pipe.get(k.renewal(partner_id, rid))
-                    pipe.hgetall(k.ledger(partner_id, rid))
-                replies = pipe.execute()
-            for i in range(len(chunk)):
-                state = renewal_state(read_record(replies[2 * i]))
-                if state.renewal is not None:
-                    renewals.append((state.renewal, state.removed, _sent(replies[2 * i + 1])))
-        client_ids = sorted({renewal.client_id for renewal, _, _ in renewals})
-        clients = {}
-        for start in range(0, len(client_ids), _CHUNK):
-            chunk = client_ids[start : start + _CHUNK]
-            with self.redis.pipeline(transaction=False) as pipe:
-                for cid in chunk:
-                    pipe.get(k.client(partner_id, cid))
-                    pipe.get(k.owner(partner_id, cid))
-                    pipe.get(k.ended(partner_id, cid))
-                replies = pipe.execute()
+        candidates: list[tuple[RenewalData, bool]] = []
+        client_ids: set[str] = set()
+        for chunk in _chunks(renewal_ids):
+            for raw in self.redis.mget([k.renewal(partner_id, rid) for rid in chunk]):
+                state = renewal_state(read_record(raw))
+                if state.renewal is None:
+                    continue
+                client_ids.add(state.renewal.client_id)
+                if candidate(state.renewal, state.removed):
+                    candidates.append((state.renewal, state.removed))
+        served: dict[str, OwnerData | None] = {}
+        for chunk in _chunks(sorted(client_ids)):
+            keys = [key for cid in chunk for key in (k.owner(partner_id, cid), k.ended(partner_id, cid))]
+            replies = self.redis.mget(keys)
             for n, cid in enumerate(chunk):
-                records = (read_record(raw) for raw in replies[3 * n : 3 * n + 3])
-                clients[cid] = client_state_of(cid, *records)
-        facts = []
-        for renewal, removed, sent in renewals:
-            client = clients[renewal.client_id]
-            facts.append(
-                RenewalFacts(
-                    renewal=renewal,
-                    removed=removed,
-                    client=client.client,
-                    override=client.override,
-                    services_ended=client.services_ended,
-                    sent=sent,
-                )
+                owner, ended = read_record(replies[2 * n]), replies[2 * n + 1]
+                if ended is None:
+                    served[cid] = None if owner is None else decode_payload(OwnerData, owner.payload)
+        wanted = sorted({renewal.client_id for renewal, _ in candidates})
+        details: dict[str, ClientData | None] = {}
+        for chunk in _chunks(wanted):
+            for cid, raw in zip(chunk, self.redis.mget([k.client(partner_id, c) for c in chunk]), strict=True):
+                record = read_record(raw)
+                details[cid] = None if record is None else decode_payload(ClientData, record.payload)
+        sent: list[tuple[SentReminder, ...]] = []
+        for chunk in _chunks(candidates):
+            ledgers = self._read_ledgers(keys=[k.ledger(partner_id, r.renewal_id) for r, _ in chunk], args=[])
+            sent += [_sent(flat) for flat in ledgers]
+        facts = tuple(
+            RenewalFacts(
+                renewal=renewal,
+                removed=removed,
+                client=details[renewal.client_id],
+                override=served.get(renewal.client_id),
+                services_ended=renewal.client_id not in served,
+                sent=reminders,
             )
-        return PartnerDigestState(partner_id, partner, tuple(facts))
+            for (renewal, removed), reminders in zip(candidates, sent, strict=True)
+        )
+        overrides = tuple(o for o in served.values() if o is not None)
+        return PartnerDigestState(partner_id, partner, facts, overrides)
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
 
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _sent(ledger: dict[bytes, bytes]) -> tuple[SentReminder, ...]:
-    """The reminders of a renewal's ledger that were sent; the others (skipped, failed...) reached nobody."""
+def _sent(flat: list[bytes]) -> tuple[SentReminder, ...]:
+    """The reminders of a renewal's ledger (HGETALL's flat reply) that were sent; the others reached nobody."""
     sent = []
-    for reminder_id, raw in ledger.items():
+    for reminder_id, raw in zip(flat[::2], flat[1::2], strict=True):
         if b'"sent"' not in raw:  # most outcomes are skips: not worth parsing
             continue
         outcome = Outcome.from_json(raw)
