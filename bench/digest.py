@@ -11,6 +11,7 @@ figures. Target: a 10,000-renewal digest in under one second (read, rows, render
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -178,7 +179,7 @@ def report(digest: DigestFigures, scheduler: dict[str, Any]) -> str:
     lines = [
         f"digest of one partner with {digest.renewals:,} renewals ({digest.rows:,} requiring action), best of "
         f"{len(digest.read_s)}:",
-        f"  read the state (pipelined)   {_ms(digest.read_s)}",
+        f"  read the state              {_ms(digest.read_s)}",
         f"  rows, sort, totals, cut      {_ms(digest.rows_s)}",
         f"  render (text, HTML, inline)  {_ms(digest.render_s)}",
         f"  MIME message                 {_ms(digest.message_s)}  ({digest.message_bytes:,} bytes)",
@@ -224,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         digest, scheduler = run(ctx, renewals=args.renewals, partners=args.partners)
     finally:
         ctx.close()
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"{date.today().isoformat()}  python -m bench.digest --renewals {args.renewals} --partners {args.partners}")
+    print(f"{os.cpu_count()} CPUs, load average {load} (at the end)")
     print(report(digest, scheduler))
     return 0
 

@@ -133,15 +133,16 @@ def digest_recipients(partner: PartnerData | None, overrides: Iterable[OwnerData
 
 
 def may_require_action(
-    renewal: RenewalData, *, removed: bool, today: date, horizon_days: int, deadline_days_before_start: int
+    status: str, start_date: date, *, removed: bool, today: date, horizon_days: int, deadline_days_before_start: int
 ) -> bool:
     """What the renewal alone says: pending, not removed, deadline from ``today`` to ``horizon_days`` ahead.
 
-    The store reads the client and ledger of these renewals only, which keeps a large partner's digest cheap.
+    Takes plain fields so that the store can filter a large partner's renewals before it builds the
+    models, and reads the client and ledger of these renewals only.
     """
-    if removed or renewal.status != "pending":
+    if removed or status != "pending":
         return False
-    deadline = renewal.start_date - timedelta(days=deadline_days_before_start)
+    deadline = start_date - timedelta(days=deadline_days_before_start)
     return today <= deadline <= today + timedelta(days=horizon_days)
 
 
@@ -170,7 +171,8 @@ def requiring_action(
     for fact in facts:
         renewal = fact.renewal
         if fact.services_ended or not may_require_action(
-            renewal,
+            renewal.status,
+            renewal.start_date,
             removed=fact.removed,
             today=today,
             horizon_days=horizon_days,

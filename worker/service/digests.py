@@ -29,7 +29,7 @@ from ..domain.digest import (
 )
 from ..domain.digest_periods import current_period, due_period, next_due_at
 from ..domain.errors import PermanentSendError, TransientError
-from ..domain.events import PartnerData, RenewalData
+from ..domain.events import PartnerData
 from ..domain.rules import RuleSet
 from ..mail.digest_render import DigestRenderer
 from ..mail.message import build_message, envelope_recipients, message_id_for
@@ -93,8 +93,8 @@ class DigestScheduler:
         if rule.every == "off":
             return 0
         due = []
-        for partner_id, partner in self.state.partners():
-            period = due_period(rule, partner_timezone(partner), now)
+        for partner_id, timezone in self.state.partner_timezones():
+            period = due_period(rule, ZoneInfo(timezone), now)
             if period is not None:
                 due.append((partner_id, period.id))
         enqueued = 0
@@ -114,7 +114,7 @@ def next_digest_due(state: DigestState, rules: RuleSet, now: datetime) -> dateti
     """The next instant after ``now`` at which some partner's digest falls due (for a virtual clock)."""
     if rules.digest.every == "off":
         return None
-    moments = [next_due_at(rules.digest, partner_timezone(p), now) for _, p in state.partners()]
+    moments = [next_due_at(rules.digest, ZoneInfo(tz), now) for _, tz in state.partner_timezones()]
     return min((m for m in moments if m is not None), default=None)
 
 
@@ -175,9 +175,10 @@ def read_partner(state: DigestState, partner_id: str, rules: RuleSet, today: dat
     """What the partner's digests are made from on ``today`` (its local date): the renewals that may
     require action, with their clients and ledgers, and who gets a digest."""
 
-    def candidate(renewal: RenewalData, removed: bool) -> bool:
+    def candidate(status: str, start_date: date, removed: bool) -> bool:
         return may_require_action(
-            renewal,
+            status,
+            start_date,
             removed=removed,
             today=today,
             horizon_days=rules.digest.horizon_days,

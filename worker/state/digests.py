@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import TypeVar
 
 import redis
@@ -16,9 +17,9 @@ from ..domain.digest import RenewalFacts, SentReminder
 from ..domain.events import ClientData, OwnerData, PartnerData, RenewalData
 from .keys import SEP
 from .ledger import Outcome
-from .records import decode_payload, read_record
+from .records import decode_payload, payload_fields, read_record
 from .scripts import LuaScript, run_pipeline
-from .store import Store, renewal_state
+from .store import Store
 
 __all__ = ["DigestState", "PartnerDigestState", "digest_ledger_id"]
 
@@ -67,17 +68,16 @@ class DigestState:
         self._claim_period = LuaScript(self.redis, _CLAIM_PERIOD)
         self._read_ledgers = LuaScript(self.redis, _READ_LEDGERS)
 
-    def partners(self) -> list[tuple[str, PartnerData | None]]:
-        """Every partner with its settings, in one round trip after the list of ids."""
+    def partner_timezones(self) -> list[tuple[str, str]]:
+        """Every partner's id and time zone (``UTC`` before its settings arrived), in one round trip after
+        the list of ids; the records are not validated again, only their time zone is read."""
         ids = self.store.partner_ids()
-        with self.redis.pipeline(transaction=False) as pipe:
-            for pid in ids:
-                pipe.get(self.keys.partner(pid))
-            raws = pipe.execute()
         out = []
-        for pid, raw in zip(ids, raws, strict=True):
-            record = read_record(raw)
-            out.append((pid, None if record is None else decode_payload(PartnerData, record.payload)))
+        for chunk in _chunks(ids):
+            for pid, raw in zip(chunk, self.redis.mget([self.keys.partner(pid) for pid in chunk]), strict=True):
+                record = read_record(raw)
+                fields = {} if record is None else payload_fields(PartnerData, record.payload)
+                out.append((pid, str(fields.get("timezone") or "UTC")))
         return out
 
     def claim_periods(self, periods: Sequence[tuple[str, str]]) -> list[bool]:
@@ -85,12 +85,24 @@ class DigestState:
         if not periods:
             return []
         key = self.keys.digest_periods()
+        # Most looks find every due period already marked: one HMGET says so without a script call each.
+        marked = self.redis.hmget(key, [pid for pid, _ in periods])
+        todo = [
+            i
+            for i, ((_, period_id), mark) in enumerate(zip(periods, marked, strict=True))
+            if mark != period_id.encode()
+        ]
+        claimed = [False] * len(periods)
+        if not todo:
+            return claimed
 
         def build(pipe: redis.client.Pipeline) -> None:
-            for pid, period_id in periods:
-                self._claim_period.queue(pipe, keys=[key], args=[pid, period_id])
+            for i in todo:
+                self._claim_period.queue(pipe, keys=[key], args=list(periods[i]))
 
-        return [bool(reply) for reply in run_pipeline(self.redis, build, [self._claim_period])]
+        for i, reply in zip(todo, run_pipeline(self.redis, build, [self._claim_period]), strict=True):
+            claimed[i] = bool(reply)
+        return claimed
 
     def outcomes(self, partner_id: str) -> list[tuple[str, str, Outcome]]:
         """Every digest outcome of a partner as ``(user email, period id, outcome)``, found by a SCAN of
@@ -106,9 +118,9 @@ class DigestState:
         return found
 
     def partner_state(
-        self, partner_id: str, candidate: Callable[[RenewalData, bool], bool] = lambda renewal, removed: True
+        self, partner_id: str, candidate: Callable[[str, date, bool], bool] = lambda status, start, removed: True
     ) -> PartnerDigestState:
-        """The partner, the renewals that ``candidate(renewal, removed)`` accepts with their clients and
+        """The partner, the renewals that ``candidate(status, start_date, removed)`` accepts with their clients and
         the reminders sent, and the owner overrides of its clients still served.
 
         Built for a partner with tens of thousands of renewals: records are read with MGET and the
@@ -122,12 +134,15 @@ class DigestState:
         client_ids: set[str] = set()
         for chunk in _chunks(renewal_ids):
             for raw in self.redis.mget([k.renewal(partner_id, rid) for rid in chunk]):
-                state = renewal_state(read_record(raw))
-                if state.renewal is None:
+                record = read_record(raw)
+                fields = {} if record is None else payload_fields(RenewalData, record.payload)
+                if record is None or not fields:
                     continue
-                client_ids.add(state.renewal.client_id)
-                if candidate(state.renewal, state.removed):
-                    candidates.append((state.renewal, state.removed))
+                client_ids.add(fields["client_id"])
+                if candidate(fields["status"], date.fromisoformat(fields["start_date"]), record.removed):
+                    renewal = decode_payload(RenewalData, record.payload)
+                    if renewal is not None:
+                        candidates.append((renewal, record.removed))
         served: dict[str, OwnerData | None] = {}
         for chunk in _chunks(sorted(client_ids)):
             keys = [key for cid in chunk for key in (k.owner(partner_id, cid), k.ended(partner_id, cid))]
