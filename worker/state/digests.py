@@ -158,8 +158,8 @@ class DigestState:
                 record = read_record(raw)
                 details[cid] = None if record is None else decode_payload(ClientData, record.payload)
         sent: list[tuple[SentReminder, ...]] = []
-        for chunk in _chunks(candidates):
-            ledgers = self._read_ledgers(keys=[k.ledger(partner_id, r.renewal_id) for r, _ in chunk], args=[])
+        for batch in _chunks(candidates):
+            ledgers = self._read_ledgers(keys=[k.ledger(partner_id, r.renewal_id) for r, _ in batch], args=[])
             sent += [_sent(flat) for flat in ledgers]
         facts = tuple(
             RenewalFacts(
