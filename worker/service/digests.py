@@ -143,12 +143,14 @@ async def deliver_digest(rt: Context, partner_id: str, period_id: str, *, last_t
     )
     recipients = digest_recipients(state.partner, state.overrides)
     refs = [(partner_id, digest_ledger_id(r.person.email), period_id) for r in recipients]
-    claims = rt.ledger.claim_many([(ref, [r.person.email]) for ref, r in zip(refs, recipients, strict=True)])
     results: dict[str, str] = {}
     errors: list[Exception] = []
     renderer = DigestRenderer(rt.renderer)
-    for recipient, ref, (claim, token, suppressed) in zip(recipients, refs, claims, strict=True):
+    for recipient, ref in zip(recipients, refs, strict=True):
         email = recipient.person.email
+        # Claimed one at a time, just before its send: each lease (SEND_LEASE_MS) then covers one
+        # render and one SMTP transaction, however many users the partner has.
+        claim, token, suppressed = rt.ledger.claim(*ref, check_suppressed=[email])
         if claim == "final":
             results[email] = "already_final"
         elif claim == "busy":

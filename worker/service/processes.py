@@ -49,7 +49,13 @@ def build_scheduler(rt: Runtime) -> Scheduler:
         plan_pending(rt)
         digests.maybe_run(rt.clock.now())
 
-    return Scheduler(rt.due_index, rt.actors.enqueue_deliveries, rt.clock.now, lease_ms=60_000, on_tick=tick)
+    return Scheduler(
+        rt.due_index,
+        rt.actors.enqueue_deliveries,
+        rt.clock.now,
+        lease_ms=int(rt.settings.claim_lease_s * 1000),
+        on_tick=tick,
+    )
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
