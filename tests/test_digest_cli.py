@@ -135,3 +135,12 @@ def test_the_demo_timeline_shows_digests(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "northwind/anna@northwind.agency digest/2026-W50: sent [en]" in proc.stdout
     assert "wisla/marek@wislamedia.pl digest/2026-W50: sent [pl]" in proc.stdout
+
+
+def test_rules_check_names_a_mistake_in_the_digest_block(tmp_path, capsys):
+    text = (ROOT / "rules" / "default.yaml").read_text(encoding="utf-8").replace("  every: off\n", "  every: hourly\n")
+    path = tmp_path / "rules.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["rules", "check", str(path)]) == 1
+    line = text.splitlines().index("  every: hourly") + 1
+    assert f"{path}:{line}: digest.every: 'hourly' is not one of: weekly, daily, off" in capsys.readouterr().out

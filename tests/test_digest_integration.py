@@ -273,3 +273,19 @@ def test_digests_switched_off_are_not_enqueued(pipeline, rules_path):
     rules_path.write_text(rules_path.read_text().replace("  every: weekly\n", "  every: off\n"))
     p.rt.rules_watcher.maybe_reload()
     assert p.tick_at(MONDAY_DUE) == 0
+
+
+def test_the_services_scheduler_tick_enqueues_due_digests(pipeline):
+    from worker.service.processes import build_scheduler
+
+    p = pipeline
+    seed_mixed_partner(p)
+    p.start_worker()
+    p.clock.advance_to(MONDAY_DUE)
+    scheduler = build_scheduler(p.rt)
+    assert scheduler.on_tick is not None
+    scheduler.on_tick()
+    scheduler.on_tick()  # the next tick, within DIGEST_CHECK_S: no second look
+    wait_for(lambda: len(p.server.messages) == 2)
+    p.drain()
+    assert len(p.server.messages) == 2
