@@ -289,3 +289,16 @@ def test_the_services_scheduler_tick_enqueues_due_digests(pipeline):
     wait_for(lambda: len(p.server.messages) == 2)
     p.drain()
     assert len(p.server.messages) == 2
+
+
+def test_a_fault_in_the_digest_look_never_holds_up_the_reminders_tick(pipeline, monkeypatch, caplog):
+    from worker.service.processes import build_scheduler
+
+    def broken(self, now):
+        raise ValueError("a partner record in an unknown layout")
+
+    monkeypatch.setattr(DigestScheduler, "run_once", broken)
+    scheduler = build_scheduler(pipeline.rt)
+    assert scheduler.on_tick is not None
+    scheduler.on_tick()  # logs, does not raise: the scheduler goes on to enqueue due reminders
+    assert "looking for partners due a digest failed" in caplog.text

@@ -8,6 +8,7 @@ import threading
 from types import FrameType
 
 import dramatiq
+import redis
 
 from ..state.digests import DigestState
 from ..state.schedule import Scheduler
@@ -47,7 +48,13 @@ def build_scheduler(rt: Runtime) -> Scheduler:
 
     def tick() -> None:
         plan_pending(rt)
-        digests.maybe_run(rt.clock.now())
+        try:
+            digests.maybe_run(rt.clock.now())
+        except redis.ConnectionError:
+            raise
+        except Exception:
+            # A digest is a convenience: a fault in finding who is due must never hold up reminders.
+            _log.exception("looking for partners due a digest failed; reminders go on")
 
     return Scheduler(
         rt.due_index,
