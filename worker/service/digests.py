@@ -28,6 +28,7 @@ from ..domain.digest import (
     rows_for,
 )
 from ..domain.digest_periods import current_period, due_period, next_due_at
+from ..domain.digest_schedule import DigestRule
 from ..domain.errors import PermanentSendError, TransientError
 from ..domain.events import PartnerData
 from ..domain.rules import RuleSet
@@ -159,7 +160,7 @@ async def deliver_digest(rt: Context, partner_id: str, period_id: str, *, last_t
         else:
             result = await _send_one(
                 rt, renderer, state, recipient, ref, token, rows_for(recipient, rows), now=now, last_try=last_try,
-                suppressed=any(suppressed), horizon_days=rules.digest.horizon_days, today=period.local_day,
+                suppressed=any(suppressed), rule=rules.digest, today=period.local_day,
             )  # fmt: skip
             if isinstance(result, Exception):
                 errors.append(result)
@@ -209,13 +210,13 @@ async def _send_one(
     now: datetime,
     last_try: bool,
     suppressed: bool,
-    horizon_days: int,
+    rule: DigestRule,
     today: date,
 ) -> str | Exception:
     """Render, send and record one user's digest (its lease is held); an exception a retry may fix is returned."""
     partner_id, ledger_id, period_id = ref
     digest = build_digest(recipient, rows)
-    if digest.total_count == 0 and not rt.rules().digest.send_when_empty:
+    if digest.total_count == 0 and not rule.send_when_empty:
         rt.ledger.finish(*ref, Outcome("skipped", now, reason="nothing_requires_action"), token, plan_next=False)
         return "skipped:nothing_requires_action"
     if suppressed:
@@ -231,7 +232,7 @@ async def _send_one(
             partner=partner,
             locale=partner.locale if partner is not None else None,
             today=today,
-            horizon_days=horizon_days,
+            horizon_days=rule.horizon_days,
         )
         data = build_message(
             rendered,
