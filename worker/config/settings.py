@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     send_lease_ms: int = Field(default=300_000, ge=1_000, description="How long a send may hold a reminder.")
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     rules_reload_s: float = Field(default=5.0, gt=0, description="How often a running process looks for rule edits.")
+    history_days: int = Field(
+        default=90, ge=1, description="Days of history (outcomes, deferrals, steering) kept in Redis."
+    )
     dead_letter_max: int = Field(default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed).")
     ingest_batch_size: int = Field(
         default=100,

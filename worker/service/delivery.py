@@ -15,7 +15,9 @@ from ..domain.decision import Send, Skip, Wait, decide
 from ..domain.errors import PermanentSendError, TransientError
 from ..domain.events import Person
 from ..mail.message import build_message, envelope_recipients, message_id_for
+from ..state.history import HistoryEntry
 from ..state.ledger import Outcome, ReminderRef, due_member
+from ..state.suppressions import Suppression
 from .context import Context
 
 __all__ = ["LeaseBusy", "deliver", "deliver_many"]
@@ -54,34 +56,41 @@ def _envelope_sender(mail_from: str) -> str:
     return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}" if domain else local
 
 
-async def deliver(rt: Context, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
+async def deliver(
+    rt: Context, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool, attempt: int = 1
+) -> str:
     """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...).
 
     Raises what a retry may fix (a deferred send, a lost connection, a busy lease).
     """
-    (result,) = await deliver_many(rt, [(partner_id, renewal_id, reminder_id)], last_try=last_try)
+    (result,) = await deliver_many(rt, [(partner_id, renewal_id, reminder_id)], last_try=last_try, attempt=attempt)
     if isinstance(result, Exception):
         raise result
     return result
 
 
-async def deliver_many(rt: Context, refs: Sequence[ReminderRef], *, last_try: bool) -> list[str | Exception]:
+async def deliver_many(
+    rt: Context, refs: Sequence[ReminderRef], *, last_try: bool, attempt: int = 1
+) -> list[str | Exception]:
     """Deliver reminders at most once each, with Redis read and written a few times per batch.
 
     The state is read for all, each is decided on its own, claimed in one round trip, then the
     emails go out concurrently over the mailer's connections and every outcome is written in one
     round trip. Per reminder: what happened, or the exception that a retry may fix (its lease is
-    given back and its scheduler claim held until the retry).
+    given back and its scheduler claim held until the retry). ``attempt`` (1 for the first try) goes
+    into the history with each outcome and deferral.
     """
     now = rt.clock.now()
     rules = rt.rules()
     views = rt.planning.views([(pid, rid) for pid, rid, _ in refs])
     results: list[str | Exception] = [""] * len(refs)
-    batch = _Batch()
+    batch = _Batch(attempt)
     sends: list[tuple[int, Send, bool]] = []
     replan: list[tuple[str, str]] = []
     for i, (ref, view) in enumerate(zip(refs, views, strict=True)):
         partner_id, renewal_id, reminder_id = ref
+        if view.renewal.renewal is not None:
+            batch.clients[ref] = view.renewal.renewal.client_id
         if reminder_id in view.outcomes:
             batch.release.append(due_member(*ref))
             results[i] = "already_final"
@@ -140,7 +149,7 @@ async def deliver_many(rt: Context, refs: Sequence[ReminderRef], *, last_try: bo
         done = await asyncio.gather(*(a for _, a in attempts), return_exceptions=True) if attempts else []
     finally:
         # Even when cancelled half-way (a worker stopping): what the server accepted is recorded.
-        rt.ledger.finish_many(batch.finish, suppress=batch.suppress, release=batch.release)
+        rt.ledger.finish_many(batch.finish, suppress=batch.suppress, release=batch.release, history=batch.history())
     for (i, _), result in zip(attempts, done, strict=True):
         if not isinstance(result, (str, Exception)):
             raise result  # cancelled: its lease is back and its claim held for the retry
@@ -151,10 +160,70 @@ async def deliver_many(rt: Context, refs: Sequence[ReminderRef], *, last_try: bo
 class _Batch:
     """What one batch writes at its end, in one round trip."""
 
-    def __init__(self) -> None:
+    def __init__(self, attempt: int = 1) -> None:
+        self.attempt = attempt
         self.finish: list[tuple[ReminderRef, Outcome, str, bool]] = []
-        self.suppress: list[str] = []
+        self.suppress: list[Suppression] = []
         self.release: list[str | bytes] = []
+        self.deferred: list[HistoryEntry] = []
+        self.clients: dict[ReminderRef, str] = {}
+
+    def refused(self, ref: ReminderRef, replies: dict[str, str], at: datetime) -> None:
+        """Suppress recipients the server refused for good (5xx), keeping its reply and the reminder."""
+        source = "/".join(ref)
+        for address, reply in replies.items():
+            self.suppress.append(Suppression(address, at, "refused by the mail server", reply=reply, source=source))
+        _log.warning(
+            "reminder %s: refused and now suppressed: %s", source, "; ".join(f"{a} ({r})" for a, r in replies.items())
+        )
+
+    def defer(self, ref: ReminderRef, exc: Exception, at: datetime, message_id: str) -> None:
+        partner_id, renewal_id, reminder_id = ref
+        self.deferred.append(
+            HistoryEntry(
+                "deferral",
+                at,
+                "deferred",
+                partner=partner_id,
+                client=self.clients.get(ref, ""),
+                renewal=renewal_id,
+                reminder=reminder_id,
+                reason=type(exc).__name__,
+                message_id=message_id,
+                reply=str(exc),
+                attempt=self.attempt,
+            )
+        )
+
+    def history(self) -> list[HistoryEntry]:
+        """An entry for each outcome and deferral of the batch."""
+        out = []
+        for ref, outcome, _, _ in self.finish:
+            partner_id, renewal_id, reminder_id = ref
+            reason = outcome.reason or ""
+            if outcome.extra.get("refused"):
+                reason = (reason + "; " if reason else "") + "refused: " + ", ".join(outcome.extra["refused"])
+            if outcome.extra.get("suppressed") or outcome.extra.get("addresses"):
+                skipped = outcome.extra.get("suppressed") or outcome.extra.get("addresses")
+                reason = (reason + "; " if reason else "") + "suppressed: " + ", ".join(skipped)
+            out.append(
+                HistoryEntry(
+                    "outcome",
+                    outcome.at,
+                    outcome.kind,
+                    partner=partner_id,
+                    client=self.clients.get(ref, ""),
+                    renewal=renewal_id,
+                    reminder=reminder_id,
+                    reason=reason,
+                    to=outcome.to,
+                    cc=outcome.cc,
+                    message_id=outcome.message_id or "",
+                    reply=outcome.reply or "",
+                    attempt=self.attempt,
+                )
+            )
+        return out + self.deferred
 
 
 async def _attempt(
@@ -215,7 +284,7 @@ async def _attempt(
         _log.error("%s/%s cannot be built: %s", renewal_id, reminder_id, exc)
         return "failed"
     except PermanentSendError as exc:
-        batch.suppress.extend(exc.recipients)
+        batch.refused(ref, dict.fromkeys(exc.recipients, str(exc)), now)
         outcome = Outcome("failed", now, reason="refused", message_id=message_id, reply=str(exc))
         batch.finish.append((ref, outcome, token, plan_next))
         _log.error("%s/%s refused: %s", renewal_id, reminder_id, exc)
@@ -226,6 +295,7 @@ async def _attempt(
         rt.ledger.release(partner_id, renewal_id, reminder_id, token)
         if not last_try:
             _keep_claim(rt, partner_id, renewal_id, reminder_id)
+            batch.defer(ref, exc, rt.clock.now(), message_id)
             return exc
         outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
         batch.finish.append((ref, outcome, "", plan_next))
@@ -235,7 +305,8 @@ async def _attempt(
         rt.ledger.release(partner_id, renewal_id, reminder_id, token)
         _keep_claim(rt, partner_id, renewal_id, reminder_id)
         raise
-    batch.suppress.extend(result.refused)
+    if result.refused:
+        batch.refused(ref, dict(result.refused), rt.clock.now())
     extra: dict[str, object] = {"locale": rendered.locale}
     if result.refused:
         extra["refused"] = dict(result.refused)

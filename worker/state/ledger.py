@@ -11,9 +11,11 @@ from typing import Any, Literal
 
 import redis
 
+from .history import History, HistoryEntry
 from .keys import SEP, Keys
 from .scripts import LuaScript, run_pipeline
 from .store import dirty_member
+from .suppressions import Suppression, Suppressions
 
 __all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "ReminderRef", "due_member", "parse_due_member"]
 
@@ -101,10 +103,12 @@ return 0
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, keys: Keys, *, lease_ms: int = 300_000) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, lease_ms: int = 300_000, history_days: int = 90) -> None:
         self.redis = client
         self.keys = keys
         self.lease_ms = lease_ms
+        self.history = History(client, keys, days=history_days)
+        self.suppressions = Suppressions(client, keys)
         self._claim = LuaScript(client, _CLAIM)
         self._finish = LuaScript(client, _FINISH)
         self._release = LuaScript(client, _RELEASE)
@@ -168,13 +172,16 @@ class Ledger:
         self,
         items: Sequence[tuple[ReminderRef, Outcome, str, bool]],
         *,
-        suppress: Sequence[str] = (),
+        suppress: Sequence[str | Suppression] = (),
         release: Sequence[str | bytes] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> list[bool]:
         """``finish`` many reminders (ref, outcome, lease token, plan_next) in one round trip, with the
-        addresses to suppress and the scheduler claims to release (reminders already final or handed
-        back to planning)."""
+        addresses to suppress (with why, when given as Suppression), the scheduler claims to release
+        (reminders already final or handed back to planning) and the history entries to append."""
         k = self.keys
+        plain = [e for e in suppress if isinstance(e, str)]
+        explained = [e for e in suppress if isinstance(e, Suppression)]
 
         def build(pipe: redis.client.Pipeline) -> None:
             for (pid, rid, rem), outcome, token, plan_next in items:
@@ -183,14 +190,17 @@ class Ledger:
                 score = int(outcome.at.timestamp() * 1000)
                 args = [rem, token, outcome.to_json(), due_member(pid, rid, rem), mark, score]
                 self._finish.queue(pipe, keys=keys, args=args)
-            if suppress:
-                pipe.sadd(k.suppressed(), *[e.casefold() for e in suppress])
+            if plain:
+                pipe.sadd(k.suppressed(), *[e.casefold() for e in plain])
+            self.suppressions.queue_add(pipe, explained)
             if release:
                 pipe.zrem(k.claimed(), *release)
+            self.history.queue(pipe, history)
 
-        if not (items or suppress or release):
+        if not (items or suppress or release or history):
             return []
-        # Re-run whole on NOSCRIPT: HSETNX of an outcome, SADD and ZREM are all idempotent.
+        # Re-run whole on NOSCRIPT: HSETNX of an outcome, SADD and ZREM are all idempotent; a history
+        # entry would be written twice (only after Redis forgot the scripts: a restart or a flush).
         replies = run_pipeline(self.redis, build, [self._finish])
         return [bool(written) for written in replies[: len(items)]]
 
