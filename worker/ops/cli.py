@@ -76,13 +76,14 @@ def _inspection_runtime(*, quiet: bool = False) -> Runtime:
 
 def _cmd_show_client(args: argparse.Namespace) -> int:
     from .inspect import describe_client
+    from .rules_view import rules_for_views
 
     rt = _inspection_runtime()
     state = rt.store.client_state(args.partner_id, args.client_id)
     if state.client is None and state.override is None and not state.services_ended:
         print(f"no events received for client {args.client_id} of partner {args.partner_id}", file=sys.stderr)
         return 1
-    print(describe_client(rt.store, args.partner_id, args.client_id, rt.settings.hubspot_contact_roles))
+    print(describe_client(rt, args.partner_id, args.client_id, rules=rules_for_views(rt)))
     return 0
 
 
@@ -140,13 +141,14 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .inspect import describe_plan
+    from .rules_view import rules_for_views
 
     rt = _inspection_runtime()
     state = rt.store.renewal_state(args.partner_id, args.renewal_id)
     if state.updated_at is None:
         print(f"no events received for renewal {args.renewal_id} of partner {args.partner_id}", file=sys.stderr)
         return 1
-    print(describe_plan(rt, args.partner_id, args.renewal_id))
+    print(describe_plan(rt, args.partner_id, args.renewal_id, rules=rules_for_views(rt)))
     return 0
 
 

@@ -177,7 +177,11 @@ class History:
         """Entries matching ``query``, newest first (read in pages, so a small limit reads little)."""
         query = query or HistoryFilter()
         # An entry's id is when Redis wrote it, at or after its ``at``: older ids cannot match --since.
-        low = "-" if query.since is None else str(int(query.since.astimezone(UTC).timestamp() * 1000))
+        # Entries past HISTORY_DAYS that approximate trimming left (it drops whole nodes) are not shown.
+        low_ms = self._min_id()
+        if query.since is not None:
+            low_ms = max(low_ms, int(query.since.astimezone(UTC).timestamp() * 1000))
+        low = str(low_ms)
         high = "+"
         while True:
             rows = self.redis.xrevrange(self.keys.history(), max=high, min=low, count=page)
