@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -168,8 +169,12 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and overrides), turning errors into ConfigError."""
+    # ENV_FILE names a dotenv file (config/example.env's format) read under the environment's values.
+    env_file = os.environ.get("ENV_FILE") or None
+    if env_file is not None and not Path(env_file).is_file():
+        raise ConfigError(f"invalid setting ENV_FILE: no such file: {env_file}")
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type, call-arg]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
