@@ -139,13 +139,16 @@ class History:
         # the worker's clock (which runs virtual, years ahead, in `renewals simulate`).
         return int(time.time() * 1000) - self.days * 86_400_000
 
-    def queue(self, pipe: redis.client.Pipeline, entries: Sequence[HistoryEntry]) -> None:
-        """Add the entries to a pipeline the caller runs anyway (one XADD each, trimming as it goes)."""
+    def queue(self, pipe: redis.client.Pipeline, entries: Sequence[HistoryEntry]) -> int:
+        """Add the entries to a pipeline the caller runs anyway (one XADD each, trimming as it goes);
+        returns how many replies that adds."""
         if not entries:
-            return
+            return 0
         min_id = self._min_id()
+        count = 0
         for entry in entries:
             pipe.xadd(self.keys.history(), entry.to_fields(), minid=min_id, approximate=True)  # type: ignore[arg-type]
+            count += 1
             if entry.kind == "deferral" and entry.partner and entry.renewal and entry.reminder:
                 # Kept on the reminder too, so `plan` shows attempts and the last error without a scan.
                 key = self.keys.attempts(entry.partner, entry.renewal)
@@ -156,6 +159,8 @@ class History:
                 }
                 pipe.hset(key, entry.reminder, json.dumps(value))
                 pipe.expire(key, ATTEMPTS_TTL_S)
+                count += 2
+        return count
 
     def append(self, *entries: HistoryEntry) -> None:
         """Write entries in a round trip of their own (steering commands, expired leases)."""

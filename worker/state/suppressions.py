@@ -52,13 +52,15 @@ class Suppressions:
         self.redis = client
         self.keys = keys
 
-    def queue_add(self, pipe: redis.client.Pipeline, entries: Sequence[Suppression]) -> None:
-        """Add to a pipeline the caller runs anyway; the first reason given for an address is kept."""
+    def queue_add(self, pipe: redis.client.Pipeline, entries: Sequence[Suppression]) -> int:
+        """Add to a pipeline the caller runs anyway (the first reason given for an address is kept);
+        returns how many replies that adds."""
         if not entries:
-            return
+            return 0
         pipe.sadd(self.keys.suppressed(), *[e.address.casefold() for e in entries])
         for entry in entries:
             pipe.hsetnx(self.keys.suppression_info(), entry.address.casefold(), entry.to_json())
+        return 1 + len(entries)
 
     def add(self, entry: Suppression) -> bool:
         """Suppress an address; False when it already was (its first reason stays)."""
