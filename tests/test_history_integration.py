@@ -157,3 +157,20 @@ def test_history_is_newest_first_filtered_and_older_than_history_days_is_not_sho
     assert [e.reminder for e in hist.entries(HistoryFilter(outcome="failed"))] == ["b"]
     assert [e.reminder for e in hist.entries(HistoryFilter(since=now + timedelta(minutes=1)))] == []
     assert hist.size() < 303  # trimming by age drops whole stream nodes as new entries come
+
+
+def test_a_pipeline_run_again_after_noscript_shows_its_history_entry_once(private_redis):
+    from worker.state.keys import Keys
+    from worker.state.ledger import Ledger, Outcome
+
+    client = private_redis.client()  # a fresh Redis: the first finish meets NOSCRIPT and runs again whole
+    try:
+        ledger = Ledger(client, Keys("n"))
+        now = datetime.now(UTC)
+        entry = HistoryEntry("outcome", now, "sent", partner="p1", renewal="r1", reminder="a")
+        ledger.finish_many([(("p1", "r1", "a"), Outcome("sent", now), "", False)], history=[entry])
+        hist = History(client, Keys("n"))
+        assert hist.size() == 2  # written twice by the re-run...
+        assert [e.uid for e in hist.entries()] == [entry.uid]  # ...and shown once
+    finally:
+        client.close()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -35,7 +36,11 @@ ATTEMPTS_TTL_S = 30 * 86_400
 @dataclass(frozen=True)
 class HistoryEntry:
     """One line of the history. ``outcome`` is the ledger's kind (sent, skipped, suppressed, failed),
-    ``deferred`` for a deferral, or the steering command's name; ``id`` is the stream's, once read."""
+    ``deferred`` for a deferral, or the steering command's name; ``id`` is the stream's, once read.
+
+    ``uid`` names the entry itself: a pipeline run again whole after NOSCRIPT (a Redis that forgot
+    its scripts, or a fresh one) writes its XADDs twice, and readers drop the second by its uid.
+    """
 
     kind: HistoryKind
     at: datetime
@@ -52,6 +57,7 @@ class HistoryEntry:
     attempt: int = 0
     by: str = ""
     id: str = ""
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def to_fields(self) -> dict[str, str]:
         """The stream fields: empty values left out, addresses comma-joined."""
@@ -87,6 +93,7 @@ class HistoryEntry:
             attempt=int(text.get("attempt", "0") or 0),
             by=text.get("by", ""),
             id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            uid=text.get("uid", ""),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -188,10 +195,17 @@ class History:
             low_ms = max(low_ms, int(query.since.astimezone(UTC).timestamp() * 1000))
         low = str(low_ms)
         high = "+"
+        seen: set[str] = set()
         while True:
             rows = self.redis.xrevrange(self.keys.history(), max=high, min=low, count=page)
             for entry_id, data in rows:
                 entry = HistoryEntry.from_fields(entry_id, data)
+                if entry.uid:
+                    if entry.uid in seen:
+                        continue  # the same entry written twice (see HistoryEntry)
+                    if len(seen) > 100_000:  # repeats are written moments apart: a recent window is enough
+                        seen.clear()
+                    seen.add(entry.uid)
                 if query.matches(entry):
                     yield entry
             if len(rows) < page:
