@@ -204,3 +204,23 @@ def test_steering_without_redis_url_is_refused():
         cwd=ROOT,
     )
     assert proc.returncode == 2 and "REDIS_URL is not set" in proc.stderr
+
+
+def test_show_client_lists_its_renewals_with_outcomes_and_the_next_reminder(rt, redis_url):
+    rt.ledger.finish("p1", "r1", "first-notice", Outcome("sent", NOW, message_id="<m@x>"), plan_next=False)
+    proc = cli(redis_url, "show", "client", "p1", "c1")
+    assert proc.returncode == 0, proc.stderr
+    assert "renewals (1; `renewals plan p1 RENEWAL` for each reminder):" in proc.stdout
+    assert "  r1: start 2027-03-15, status pending; first-notice sent; next: second-notice at 2027-01-22 14:00 UTC" in (
+        proc.stdout
+    )
+
+
+def test_plan_lists_reminders_in_due_order_and_keeps_outcomes_of_removed_rules(rt, redis_url):
+    rt.ledger.finish("p1", "r1", "old-rule", Outcome("sent", NOW, message_id="<old@x>"), plan_next=False)
+    proc = cli(redis_url, "plan", "p1", "r1")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.strip().split(" ")[0].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("  ")]
+    reminders = [r for r in rows if r in ("old-rule", "first-notice", "second-notice", "final-notice")]
+    assert reminders == ["old-rule", "first-notice", "second-notice", "final-notice"]
+    assert "old-rule (no longer in the rules): sent at 2026-12-01 00:00 UTC, <old@x>" in proc.stdout

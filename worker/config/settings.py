@@ -191,7 +191,7 @@ def load_settings(**overrides: object) -> Settings:
     if env_file is not None and not Path(env_file).is_file():
         raise ConfigError(f"invalid setting ENV_FILE: no such file: {env_file}")
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type, call-arg]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -112,14 +112,13 @@ def _cmd_history(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> in
     return 0
 
 
-def register(sub: argparse._SubParsersAction, runtime: Callable[[], Runtime], **parser_options: object) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, runtime: Callable[[], Runtime]) -> None:  # type: ignore[type-arg]
     """Add `renewals history` to the command's subparsers; ``runtime`` gives the inspection runtime."""
     p = sub.add_parser(
         "history",
         help="every outcome, deferral and steering command, newest first",
         description="Every final outcome, deferral (SMTP 4xx, lost connection, lease expiry) and steering "
         "command, newest first, kept HISTORY_DAYS days.",
-        **parser_options,
     )
     p.add_argument("--partner", help="only this partner id")
     p.add_argument("--client", help="only this client id")

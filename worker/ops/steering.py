@@ -245,7 +245,7 @@ def _by(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", default=_user(), help="who did it, for the history")
 
 
-def register(sub: argparse._SubParsersAction, runtime: RuntimeGetter, **parser_options: Any) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction, runtime: RuntimeGetter) -> None:  # type: ignore[type-arg]
     """Add the steering commands (and `dead-letters`) to the command's subparsers."""
 
     def bind(p: argparse.ArgumentParser, handler: Callable[[argparse.Namespace, RuntimeGetter], int]) -> None:
@@ -255,20 +255,17 @@ def register(sub: argparse._SubParsersAction, runtime: RuntimeGetter, **parser_o
         "suppressions",
         help="addresses no reminder goes to: list, add, remove",
         description="Addresses no reminder goes to, with when and why each was suppressed.",
-        **parser_options,
     )
     sup_sub = sup.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = sup_sub.add_parser("list", help="every suppressed address, newest first, with why", **parser_options)
+    p = sup_sub.add_parser("list", help="every suppressed address, newest first, with why")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     bind(p, _cmd_suppressions_list)
-    p = sup_sub.add_parser("add", help="suppress an address", **parser_options)
+    p = sup_sub.add_parser("add", help="suppress an address")
     p.add_argument("address", help="the email address")
     p.add_argument("--reason", required=True, help="why, for whoever reads the list later")
     _by(p)
     bind(p, _cmd_suppressions_add)
-    p = sup_sub.add_parser(
-        "remove", help="lift a suppression: later reminders reach the address again", **parser_options
-    )
+    p = sup_sub.add_parser("remove", help="lift a suppression: later reminders reach the address again")
     p.add_argument("address", help="the email address")
     _by(p)
     bind(p, _cmd_suppressions_remove)
@@ -277,7 +274,6 @@ def register(sub: argparse._SubParsersAction, runtime: RuntimeGetter, **parser_o
         "dead-letters",
         help="rejected events, newest first; replay or purge them",
         description="Rejected events with the reason and raw body, newest first. Without an action: list them.",
-        **parser_options,
     )
     dl.add_argument("--limit", type=_positive, default=50, help="list at most this many")
     dl.add_argument("--all", action="store_true", help="list every one")
@@ -285,23 +281,21 @@ def register(sub: argparse._SubParsersAction, runtime: RuntimeGetter, **parser_o
     bind(dl, _cmd_dead_letters)
     dl_sub = dl.add_subparsers(dest="action", required=False, metavar="ACTION")
     p = dl_sub.add_parser(
-        "replay", help="validate kept events again and enqueue the valid ones (removed from the list)", **parser_options
+        "replay", help="validate kept events again and enqueue the valid ones (removed from the list)"
     )
     p.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids, as listed")
     p.add_argument("--all", action="store_true", help="every dead letter")
     p.add_argument("--dry-run", action="store_true", help="say what would be enqueued, change nothing")
     _by(p)
     bind(p, _cmd_dead_letters_replay)
-    p = dl_sub.add_parser("purge", help="remove dead letters received before a date", **parser_options)
+    p = dl_sub.add_parser("purge", help="remove dead letters received before a date")
     p.add_argument("--before", required=True, type=_moment, help="ISO 8601 date or time (UTC if no offset)")
     p.add_argument("--dry-run", action="store_true", help="say how many would go, change nothing")
     _by(p)
     bind(p, _cmd_dead_letters_purge)
 
     p = sub.add_parser(
-        "retry",
-        help="send a failed reminder again, through every send-time check (a sent one never goes again)",
-        **parser_options,
+        "retry", help="send a failed reminder again, through every send-time check (a sent one never goes again)"
     )
     p.add_argument("partner_id", help="the partner's id")
     p.add_argument("renewal_id", help="the renewal's id")
@@ -309,7 +303,7 @@ def register(sub: argparse._SubParsersAction, runtime: RuntimeGetter, **parser_o
     _by(p)
     bind(p, _cmd_retry)
 
-    p = sub.add_parser("cancel", help="record a planned reminder skipped (cancelled by an operator)", **parser_options)
+    p = sub.add_parser("cancel", help="record a planned reminder skipped (cancelled by an operator)")
     p.add_argument("partner_id", help="the partner's id")
     p.add_argument("renewal_id", help="the renewal's id")
     p.add_argument("reminder_id", help="the reminder's id in the rules (see `renewals plan`)")

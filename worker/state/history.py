@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -197,7 +197,10 @@ class History:
         high = "+"
         seen: set[str] = set()
         while True:
-            rows = self.redis.xrevrange(self.keys.history(), max=high, min=low, count=page)
+            rows = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                self.redis.xrevrange(self.keys.history(), max=high, min=low, count=page),
+            )
             for entry_id, data in rows:
                 entry = HistoryEntry.from_fields(entry_id, data)
                 if entry.uid:
@@ -210,7 +213,7 @@ class History:
                     yield entry
             if len(rows) < page:
                 return
-            high = "(" + (rows[-1][0].decode() if isinstance(rows[-1][0], bytes) else rows[-1][0])
+            high = "(" + rows[-1][0].decode()
 
     def size(self) -> int:
         return int(self.redis.xlen(self.keys.history()))

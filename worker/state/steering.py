@@ -8,7 +8,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, cast
 
 import redis
 
@@ -54,7 +54,7 @@ def retry_failed(
         keys=[ledger_key, keys.attempts(partner_id, renewal_id), keys.dirty()],
         args=[reminder_id, int(now.timestamp() * 1000), mark],
     )
-    status = result.decode() if isinstance(result, bytes) else result
+    status = cast(RetryResult, result.decode() if isinstance(result, bytes) else result)
     return status, (Outcome.from_json(raw) if raw else None)
 
 
@@ -89,7 +89,7 @@ def _row_id(row: bytes) -> str:
 
 def dead_letter_rows(client: redis.Redis, keys: Keys, limit: int | None = None) -> list[DeadLetterRow]:
     """Dead letters newest first (by when they were received; the list's order breaks ties)."""
-    rows = client.lrange(keys.dead_letters(), 0, -1 if limit is None else limit - 1)
+    rows = cast(list[bytes], client.lrange(keys.dead_letters(), 0, -1 if limit is None else limit - 1))
     out = []
     for row in rows:
         item = json.loads(row)
@@ -108,5 +108,5 @@ def remove_dead_letters(client: redis.Redis, keys: Keys, rows: Sequence[DeadLett
         return 0
     with client.pipeline(transaction=True) as pipe:
         for row in raw:
-            pipe.lrem(keys.dead_letters(), 1, row)
+            pipe.lrem(keys.dead_letters(), 1, row)  # type: ignore[arg-type]  # redis-py accepts bytes
         return sum(int(n) for n in pipe.execute())
