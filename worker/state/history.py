@@ -7,10 +7,10 @@ keeping the history costs no round trip of its own on the delivery path.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -57,22 +57,28 @@ class HistoryEntry:
     attempt: int = 0
     by: str = ""
     id: str = ""
-    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    uid: str = field(default_factory=lambda: os.urandom(8).hex())
 
     def to_fields(self) -> dict[str, str]:
-        """The stream fields: empty values left out, addresses comma-joined."""
-        out: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "id" or value in ("", (), 0):
-                continue
-            if f.name == "at":
-                out["at"] = value.isoformat()
-            elif isinstance(value, tuple):
-                out[f.name] = ",".join(value)
-            else:
-                out[f.name] = str(value)
-        return out
+        """The stream fields, every one in the same order even when empty: Redis then stores the names
+        once per stream node rather than once per entry (about half the memory of an entry)."""
+        return {
+            "kind": self.kind,
+            "at": self.at.isoformat(),
+            "outcome": self.outcome,
+            "partner": self.partner,
+            "client": self.client,
+            "renewal": self.renewal,
+            "reminder": self.reminder,
+            "reason": self.reason,
+            "to": ",".join(self.to),
+            "cc": ",".join(self.cc),
+            "message_id": self.message_id,
+            "reply": self.reply,
+            "attempt": str(self.attempt),
+            "by": self.by,
+            "uid": self.uid,
+        }
 
     @classmethod
     def from_fields(cls, entry_id: bytes | str, data: dict[bytes, bytes]) -> HistoryEntry:
