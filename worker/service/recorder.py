@@ -11,6 +11,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
@@ -18,12 +20,23 @@ from ..state.history import HistoryEntry
 from ..state.ledger import Ledger, Outcome, ReminderRef
 from ..state.suppressions import Suppression
 
-__all__ = ["FinishItem", "Recorder", "keep_leases_alive", "wait_for_redis"]
+__all__ = ["FinishItem", "Pending", "Recorder", "keep_leases_alive", "wait_for_redis"]
 
 _log = logging.getLogger("worker.delivery")
+_T = TypeVar("_T")
 
 FinishItem = tuple[ReminderRef, Outcome, str, bool]
 """(reminder, outcome, lease token, plan the next reminder): what ``Ledger.finish_many`` takes."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A copy of what a recorder had to write at one moment."""
+
+    items: list[FinishItem]
+    suppress: list[str | Suppression]
+    release: list[str | bytes]
+    history: list[HistoryEntry]
 
 
 class Recorder:
@@ -40,7 +53,6 @@ class Recorder:
         self._suppress: list[str | Suppression] = []
         self._release: list[str | bytes] = []
         self._history: list[HistoryEntry] = []
-        self._queued: tuple[int, int, int, int] | None = None
         self.waiting = 0
         # For the history: the delivery's try (1 for the first) and each reminder's client.
         self.attempt = attempt
@@ -72,34 +84,38 @@ class Recorder:
         if self.waiting == 0:
             self.write_now()
 
-    def queue(self, pipe: redis.client.Pipeline) -> int:
-        """Queue everything pending into ``pipe``; ``written`` must follow once the pipeline ran."""
-        self._queued = (len(self._items), len(self._suppress), len(self._release), len(self._history))
+    def take(self) -> Pending:
+        """What is pending now, to be written by ``queue`` (in any thread) and then dropped by ``done``."""
+        return Pending(list(self._items), list(self._suppress), list(self._release), list(self._history))
+
+    def queue(self, pipe: redis.client.Pipeline, pending: Pending) -> int:
+        """Queue ``pending`` into ``pipe``; returns how many replies that adds."""
         return self._ledger.queue_finish(
-            pipe, self._items, suppress=self._suppress, release=self._release, history=self._history
+            pipe, pending.items, suppress=pending.suppress, release=pending.release, history=pending.history
         )
 
-    def written(self) -> None:
-        """The pipeline that ``queue`` filled ran: drop what it wrote (more may have come since)."""
-        if self._queued is None:
-            return
-        items, suppress, release, history = self._queued
-        del self._items[:items], self._suppress[:suppress], self._release[:release], self._history[:history]
-        self._queued = None
+    def done(self, pending: Pending) -> None:
+        """``pending`` is in Redis: drop it (by identity: more may have come, or been written, since)."""
+        self._items[:] = _without(self._items, pending.items)
+        self._suppress[:] = _without(self._suppress, pending.suppress)
+        self._release[:] = _without(self._release, pending.release)
+        self._history[:] = _without(self._history, pending.history)
 
     def write_now(self) -> bool:
         """Write what is pending in one round trip; False (and kept) when Redis did not answer."""
         if not self.pending:
             return True
-        items, suppress, release = list(self._items), list(self._suppress), list(self._release)
-        history = list(self._history)
+        pending = self.take()
         try:
-            self._ledger.finish_many(items, suppress=suppress, release=release, history=history)
+            self._ledger.finish_many(
+                pending.items, suppress=pending.suppress, release=pending.release, history=pending.history
+            )
         except redis.RedisError as exc:
-            _log.warning("Redis unavailable, %d outcome(s) kept in memory until it is back: %s", len(items), exc)
+            _log.warning(
+                "Redis unavailable, %d outcome(s) kept in memory until it is back: %s", len(pending.items), exc
+            )
             return False
-        del self._items[: len(items)], self._suppress[: len(suppress)], self._release[: len(release)]
-        del self._history[: len(history)]
+        self.done(pending)
         return True
 
     async def flush(self, *, wait_s: float) -> None:
@@ -140,6 +156,11 @@ def _history_entry(item: FinishItem, client_id: str, attempt: int) -> HistoryEnt
         reply=outcome.reply or "",
         attempt=attempt,
     )
+
+
+def _without(items: list[_T], written: list[_T]) -> list[_T]:
+    ids = {id(x) for x in written}
+    return [x for x in items if id(x) not in ids]
 
 
 async def wait_for_redis(attempt: Callable[[], bool], *, wait_s: float) -> bool:
