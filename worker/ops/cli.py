@@ -64,12 +64,27 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _inspection_runtime(*, quiet: bool = False) -> Runtime:
+def _serving_runtime() -> Runtime:
+    """The runtime of `run` and `scheduler`, saying plainly when no one else can reach it."""
+    from ..service.runtime import get_runtime
+
+    rt = get_runtime()
+    if rt.settings.embedded:
+        print(
+            "warning: REDIS_URL is not set: this runs on an in-process store and queue that nothing outside this "
+            "process can reach (no `renewals enqueue`, no producer, no CLI view). To see the pipeline work, use "
+            "`renewals demo` or `renewals simulate`; to serve, set REDIS_URL.",
+            file=sys.stderr,
+        )
+    return rt
+
+
+def _inspection_runtime() -> Runtime:
     """The runtime, warning when it is the empty in-process store rather than a deployment's Redis."""
     from ..service.runtime import get_runtime
 
     rt = get_runtime()
-    if rt.settings.embedded and not quiet:
+    if rt.settings.embedded:
         print("note: REDIS_URL is not set, so this looks at an empty in-process store", file=sys.stderr)
     return rt
 
@@ -156,14 +171,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..service.processes import run_service
 
     _log_info()
-    rt = _inspection_runtime(quiet=True)
-    if rt.settings.embedded:
-        print(
-            "warning: REDIS_URL is not set: this runs on an in-process store and queue that nothing outside this "
-            "process can reach (no `renewals enqueue`, no producer, no CLI view). To see the pipeline work, use "
-            "`renewals demo` or `renewals simulate`; to serve, set REDIS_URL.",
-            file=sys.stderr,
-        )
+    rt = _serving_runtime()
     rt.rules()
     run_service(rt, threads=args.threads)
     return 0
@@ -173,7 +181,7 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     from ..service.processes import run_scheduler
 
     _log_info()
-    rt = _inspection_runtime()
+    rt = _serving_runtime()
     rt.rules()
     run_scheduler(rt)
     return 0
