@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import cast
 
 import dramatiq
 
@@ -38,7 +39,7 @@ def sync_rules(rt: Runtime) -> bool:
 def _publish_rules(rt: Runtime) -> None:
     """Keep the text of the rules in force in Redis (written only when what is there differs)."""
     rules = rt.rules()
-    stored = rt.redis.hget(rt.keys.rules_in_force(), "fingerprint")
+    stored = cast(bytes | None, rt.redis.hget(rt.keys.rules_in_force(), "fingerprint"))
     if stored is not None and stored.decode() == rules.fingerprint:
         return
     text = rt.rules_watcher.text

@@ -182,7 +182,7 @@ class History:
             pipe.execute()
 
     def attempts(self, partner_id: str, renewal_id: str) -> dict[str, ReminderAttempts]:
-        raw = self.redis.hgetall(self.keys.attempts(partner_id, renewal_id))
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(self.keys.attempts(partner_id, renewal_id)))
         out = {}
         for key, value in raw.items():
             data = json.loads(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import redis
 
@@ -33,7 +34,8 @@ def publish_rules(client: redis.Redis, keys: Keys, rules: StoredRules) -> None:
 
 
 def read_rules_in_force(client: redis.Redis, keys: Keys) -> StoredRules | None:
-    raw = {k.decode(): v.decode() for k, v in client.hgetall(keys.rules_in_force()).items()}
+    stored = cast(dict[bytes, bytes], client.hgetall(keys.rules_in_force()))
+    raw = {k.decode(): v.decode() for k, v in stored.items()}
     if "text" not in raw or "fingerprint" not in raw:
         return None
     return StoredRules(raw["text"], raw["fingerprint"], raw.get("source", ""), datetime.fromisoformat(raw["loaded_at"]))

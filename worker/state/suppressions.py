@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import redis
 
@@ -93,6 +94,6 @@ class Suppressions:
 
     def all(self) -> list[Suppression]:
         """Every suppressed address, the most recent first (those without a record last)."""
-        members = sorted(m.decode() for m in self.redis.smembers(self.keys.suppressed()))
+        members = sorted(m.decode() for m in cast(set[bytes], self.redis.smembers(self.keys.suppressed())))
         found = self.get_many(members)
         return sorted(found.values(), key=lambda s: (s.at is not None, s.at.timestamp() if s.at else 0), reverse=True)
