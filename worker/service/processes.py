@@ -9,11 +9,16 @@ import signal
 import socket
 import threading
 from types import FrameType
+from typing import cast
 
 import dramatiq
+import redis
 
+from ..state.digests import DigestState
 from ..state.heartbeat import Heartbeats
+from ..state.rules_in_force import StoredRules, publish_rules
 from ..state.schedule import Scheduler
+from .digests import DigestScheduler
 from .exposition import process_id, start_process_metrics
 from .runtime import Runtime
 from .state_metrics import StateCollector
@@ -28,12 +33,14 @@ def sync_rules(rt: Runtime) -> bool:
     """Re-plan everything when the rules in force differ from those the due index was planned with.
 
     The fingerprint in Redis is swapped atomically (SET ... GET), so of many schedulers seeing the
-    same edit, one re-plans.
+    same edit, one re-plans. The rules' text goes to Redis too, for the CLI's views.
     """
     rules = rt.rules()
     previous = rt.redis.set(rt.keys.rules_fingerprint(), rules.fingerprint, get=True)
     if previous is not None and previous.decode() == rules.fingerprint:
+        _publish_rules(rt)
         return False
+    _publish_rules(rt)
     _log.info("rules %s in force: re-planning every renewal", rules.fingerprint[:12])
     since = rt.clock.now().isoformat()
     marker = json.dumps({"since": since, "by": process_id("scheduler"), "rules": rules.fingerprint})
@@ -43,6 +50,16 @@ def sync_rules(rt: Runtime) -> bool:
     finally:
         rt.redis.delete(rt.keys.replan_running())
     return True
+
+
+def _publish_rules(rt: Runtime) -> None:
+    """Keep the text of the rules in force in Redis (written only when what is there differs)."""
+    rules = rt.rules()
+    stored = cast(bytes | None, rt.redis.hget(rt.keys.rules_in_force(), "fingerprint"))
+    if stored is not None and stored.decode() == rules.fingerprint:
+        return
+    text = rt.rules_watcher.text
+    publish_rules(rt.redis, rt.keys, StoredRules(text, rules.fingerprint, str(rt.settings.rules_path), rt.clock.now()))
 
 
 def plan_pending(rt: Runtime) -> None:
@@ -55,6 +72,18 @@ def plan_pending(rt: Runtime) -> None:
 
 def build_scheduler(rt: Runtime, *, metrics_url: str | None = None) -> Scheduler:
     """The scheduler loop of this process: each tick is timed, and a good one written as its heartbeat."""
+    digests = DigestScheduler(DigestState(rt.store), rt.rules, rt.actors.enqueue_digest)
+
+    def tick() -> None:
+        plan_pending(rt)
+        try:
+            digests.maybe_run(rt.clock.now())
+        except redis.ConnectionError:
+            raise
+        except Exception:
+            # A digest is a convenience: a fault in finding who is due must never hold up reminders.
+            _log.exception("looking for partners due a digest failed; reminders go on")
+
     heartbeats = Heartbeats(rt.redis, rt.keys)
     me = process_id("scheduler")
     started_at = rt.clock.now().isoformat()
@@ -86,7 +115,7 @@ def build_scheduler(rt: Runtime, *, metrics_url: str | None = None) -> Scheduler
         rt.actors.enqueue_deliveries,
         rt.clock.now,
         lease_ms=int(rt.settings.claim_lease_s * 1000),
-        on_tick=lambda: plan_pending(rt),
+        on_tick=tick,
         after_tick=after_tick,
     )
 
