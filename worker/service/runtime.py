@@ -13,14 +13,16 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from ..config.settings import Settings, load_settings
+from ..state.connection import RedisOutage, redis_client
 from ..state.keys import Keys
 from ..state.ledger import Ledger
 from ..state.planning import Planning
 from ..state.schedule import DueIndex
 from ..state.store import Store
 from .actors import Actors
+from .broker import QueueBroker
 from .clock import Clock, SystemClock
-from .middleware import CloseMailer, DaemonAsyncIO
+from .middleware import CloseMailer, DaemonAsyncIO, broker_middleware
 
 if TYPE_CHECKING:
     from ..config.rulefile import RulesWatcher
@@ -38,6 +40,7 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     broker: RedisBroker
+    redis_outage: RedisOutage
     store: Store
     clock: Clock
     keys: Keys
@@ -94,7 +97,7 @@ def _redis_client(settings: Settings) -> redis.Redis:
         import fakeredis
 
         return fakeredis.FakeRedis()
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    return redis_client(settings)
 
 
 def build_runtime(
@@ -105,7 +108,11 @@ def build_runtime(
 
     settings = settings or load_settings()
     client = redis_client or _redis_client(settings)
-    broker = RedisBroker(client=client, namespace=f"{settings.key_prefix}-queue")
+    # One outage per process: its consumers, actors and scheduler wait for Redis together, and log it once.
+    outage = RedisOutage(max_backoff_s=settings.redis_max_backoff_s)
+    broker = QueueBroker(
+        client=client, namespace=f"{settings.key_prefix}-queue", outage=outage, middleware=broker_middleware(outage)
+    )
     broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(CurrentMessage())
     dramatiq.set_broker(broker)
@@ -120,6 +127,7 @@ def build_runtime(
         settings=settings,
         redis=client,
         broker=broker,
+        redis_outage=outage,
         store=store,
         clock=clock or SystemClock(),
         keys=keys,
