@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import redis
-from dramatiq import Message
+from dramatiq import Message, get_encoder
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis
@@ -57,8 +57,8 @@ if #ids == 0 then return {} end
 return {ids, redis.call("hmget", queue .. ".msgs", unpack(ids))}
 """
 
-# What a dramatiq message must hold, and of which type, for a worker to run it.
-_FIELDS: dict[str, type | tuple[type, ...]] = {
+# What a dramatiq message holds, and of which type, for a worker to run it (the last two may be left out).
+_FIELDS: dict[str, type] = {
     "queue_name": str,
     "actor_name": str,
     "args": list,
@@ -67,25 +67,43 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "message_id": str,
     "message_timestamp": int,
 }
+_OPTIONAL = ("message_id", "message_timestamp")
 
 
 def read_entry(data: bytes) -> dict[str, Any]:
     """The fields of a queue entry, or ValueError saying why it is not a dramatiq message.
 
-    Never anything else: too deep a nesting (RecursionError) or bytes that are not UTF-8 are reasons too.
+    Never another error: too deep a nesting (RecursionError) or bytes that are not UTF-8 are reasons too.
     """
     try:
-        fields = Message.decode(data).asdict()
-    except Exception as exc:  # dramatiq wraps every decoding failure; its cause says what it was
-        cause = exc.__cause__ or exc
+        fields = get_encoder().decode(data)
+    except Exception as exc:  # dramatiq wraps decoding failures; the innermost cause says what it was
+        cause = _innermost(exc)
         raise ValueError(f"not a dramatiq message: {type(cause).__name__}: {str(cause)[:200]}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"not a dramatiq message: a JSON {type(fields).__name__}, not an object")
+    unknown = sorted(set(fields) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"not a dramatiq message: unknown field(s) {', '.join(map(repr, unknown))}")
     for name, kind in _FIELDS.items():
-        value = fields.get(name)
-        if isinstance(value, tuple) and kind is list:
-            continue
+        if name not in fields:
+            if name in _OPTIONAL:
+                continue
+            raise ValueError(f"not a dramatiq message: no field {name!r}")
+        value = fields[name]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"not a dramatiq message: field {name!r} is {type(value).__name__}")
+            raise ValueError(f"not a dramatiq message: field {name!r} is {type(value).__name__}, not {kind.__name__}")
     return fields
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The error under dramatiq's DecodeErrors (kept as ``error`` or as the cause)."""
+    for _ in range(10):
+        inner = getattr(exc, "error", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
 
 
 def entry_raw_text(data: bytes) -> str:
