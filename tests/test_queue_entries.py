@@ -124,3 +124,26 @@ def test_a_hand_written_message_with_a_wrong_redis_id_is_still_acknowledged(embe
     drain(embedded)
     assert embedded.store.partner("p-hand") is not None
     assert queue_leftovers(embedded) == {}
+
+
+def test_entries_whose_fetch_reply_was_lost_are_put_back_and_run(embedded):
+    for n in range(3):
+        embedded.actors.ingest.send(json.dumps(partner_updated(partner_id=f"p-lost{n}")))
+    broker = embedded.broker
+    # The fetch ran in Redis, its reply never arrived: the entries sit in this worker's ack set only.
+    broker.fetch_script(keys=[broker.namespace], args=[EVENTS_QUEUE, broker.broker_id, 0, 2])
+    broker.suspect(EVENTS_QUEUE)
+    drain(embedded)
+    assert all(embedded.store.partner(f"p-lost{n}") is not None for n in range(3))
+    assert queue_leftovers(embedded) == {}
+    assert not embedded.redis.smembers(f"{broker.namespace}:__acks__.{broker.broker_id}.{EVENTS_QUEUE}")
+
+
+def test_entries_held_by_the_worker_are_not_put_back(embedded):
+    embedded.actors.ingest.send(json.dumps(partner_updated(partner_id="p-held")))
+    broker = embedded.broker
+    [entry_id], _ = broker.fetch_script(keys=[broker.namespace], args=[EVENTS_QUEUE, broker.broker_id, 0, 1])
+    broker.hold(EVENTS_QUEUE, [entry_id.decode()])
+    broker.suspect(EVENTS_QUEUE)
+    broker.recover(EVENTS_QUEUE)
+    assert embedded.redis.llen(f"{broker.namespace}:{EVENTS_QUEUE}") == 0

@@ -11,7 +11,7 @@ from dramatiq.broker import MessageProxy
 from factories import partner_updated
 
 from worker.config.settings import load_settings
-from worker.domain.errors import RedisUnavailable
+from worker.domain.errors import RedisUnavailable, TransientError
 from worker.service.actors import ingest_batch
 from worker.service.broker import is_left_unacknowledged
 from worker.service.middleware import DurableRetries
@@ -69,6 +69,24 @@ def test_the_backoff_grows_and_is_capped():
 @pytest.mark.parametrize("error", [redis.TimeoutError("timed out"), redis.BusyLoadingError("LOADING")])
 def test_timeouts_and_a_server_still_loading_are_waited_out_too(error):
     assert quick_outage([]).call(Flaky(failures=3, error=error)) == "ok"
+
+
+def test_a_redis_error_translated_by_the_store_is_waited_out_too():
+    def translated():
+        try:
+            raise redis.ConnectionError("Connection refused")
+        except redis.ConnectionError as exc:
+            raise TransientError(f"Redis unavailable: {exc}") from exc
+
+    calls = []
+
+    def operation():
+        calls.append(1)
+        if len(calls) < 3:
+            translated()
+        return "ok"
+
+    assert quick_outage([]).call(operation) == "ok"
 
 
 def test_other_errors_are_the_callers_at_once():

@@ -12,15 +12,17 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import threading
 import time
+from collections import defaultdict
 from typing import Any
 
-import redis
 from dramatiq import Message, get_encoder
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis
 from dramatiq.errors import ConnectionClosed
+from dramatiq.worker import ConsumerThread
 
 from ..domain.errors import RedisUnavailable
 from ..state.connection import REDIS_ERRORS, RedisOutage
@@ -55,6 +57,28 @@ for i = 1, count do
 end
 if #ids == 0 then return {} end
 return {ids, redis.call("hmget", queue .. ".msgs", unpack(ids))}
+"""
+
+# Entries this worker took but holds no more (the reply of a fetch lost with its connection, or a
+# requeue that failed) are in its acknowledgement set and nowhere else: dramatiq would hand them on
+# only once this worker is dead. After such a failure they go back to the head of their queue.
+_RECOVER = """
+local namespace, queue_name, worker_id = KEYS[1], ARGV[1], ARGV[2]
+local queue = namespace .. ":" .. queue_name
+local acks = namespace .. ":__acks__." .. worker_id .. "." .. queue_name
+local held = {}
+for i = 3, #ARGV do held[ARGV[i]] = true end
+local recovered = 0
+for _, id in ipairs(redis.call("smembers", acks)) do
+    if not held[id] then
+        redis.call("srem", acks, id)
+        if redis.call("hexists", queue .. ".msgs", id) == 1 then
+            redis.call("lpush", queue, id)
+            recovered = recovered + 1
+        end
+    end
+end
+return recovered
 """
 
 # What a dramatiq message holds, and of which type, for a worker to run it (the last two may be left out).
@@ -128,6 +152,46 @@ class QueueBroker(RedisBroker):
         super().__init__(**kwargs)
         self.outage = outage
         self.fetch_script = self.client.register_script(_FETCH)
+        self.recover_script = self.client.register_script(_RECOVER)
+        # The entry ids each queue's consumer has taken and not yet acknowledged, kept by the broker so
+        # that they outlive a consumer that dramatiq restarts; and the queues to recover (see _RECOVER).
+        self._held: dict[str, set[str]] = defaultdict(set)
+        self._suspect: set[str] = set()
+        self._held_lock = threading.Lock()
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Enqueue; from a consumer thread (a delayed message come due), wait for Redis rather than fail.
+
+        A failure there restarts the consumer, which logs every three seconds of an outage.
+        """
+        if isinstance(threading.current_thread(), ConsumerThread):
+            return self.outage.call(lambda: super(QueueBroker, self).enqueue(message, delay=delay))
+        return super().enqueue(message, delay=delay)
+
+    def hold(self, queue_name: str, entry_ids: list[str]) -> None:
+        with self._held_lock:
+            self._held[queue_name].update(entry_ids)
+
+    def release(self, queue_name: str, entry_ids: list[str]) -> None:
+        with self._held_lock:
+            self._held[queue_name].difference_update(entry_ids)
+
+    def suspect(self, queue_name: str) -> None:
+        """Entries of ``queue_name`` may be stranded in this worker's acknowledgement set: recover them."""
+        with self._held_lock:
+            self._suspect.add(queue_name)
+
+    def recover(self, queue_name: str) -> None:
+        """Put back on the queue the entries this worker took but no longer holds (after a suspect failure)."""
+        with self._held_lock:
+            if queue_name not in self._suspect:
+                return
+            held = list(self._held[queue_name])
+        recovered = self.recover_script(keys=[self.namespace], args=[queue_name, self.broker_id, *held])
+        with self._held_lock:
+            self._suspect.discard(queue_name)
+        if recovered:
+            _log.warning("queue %s: %d entries taken before a connection failure put back", queue_name, recovered)
 
     @property
     def consumer_class(self) -> type[_QueueConsumer]:
@@ -175,7 +239,9 @@ class _QueueConsumer(_RedisConsumer):  # type: ignore[misc]
                     self.entries = self._fetch(self.prefetch - self.outstanding_message_count)
                 except REDIS_ERRORS as exc:
                     # Waited out here, quietly, rather than by dramatiq's restart of the consumer,
-                    # which logs twice every three seconds per queue.
+                    # which logs twice every three seconds per queue. The fetch may have run with
+                    # its reply lost (or run twice, retried by redis-py): recover what it took.
+                    self.broker.suspect(self.queue_name)
                     self.broker.outage.failed(exc)
                     self.broker.outage.pause(self.fetch_failures)
                     self.fetch_failures += 1
@@ -193,6 +259,7 @@ class _QueueConsumer(_RedisConsumer):  # type: ignore[misc]
         broker = self.broker
         if random.randint(1, MAINTENANCE_SCALE) <= broker.maintenance_chance:
             broker.maintain(self.queue_name)
+        broker.recover(self.queue_name)
         count = min(count, broker._max_unpack_size())
         reply = broker.fetch_script(
             keys=[broker.namespace], args=[self.queue_name, broker.broker_id, current_millis(), count]
@@ -200,6 +267,7 @@ class _QueueConsumer(_RedisConsumer):  # type: ignore[misc]
         if not reply:
             return []
         ids, datas = reply
+        broker.hold(self.queue_name, [entry_id.decode() for entry_id in ids])
         return list(zip(ids, datas, strict=True))
 
     def _message_of(self, entry_id: str, data: bytes | None) -> Message[Any] | None:
@@ -254,9 +322,14 @@ class _QueueConsumer(_RedisConsumer):  # type: ignore[misc]
             self.broker.outage.call(lambda: operation(self.queue_name, entry_id))
         except RedisUnavailable:
             _log.warning("entry %s on %s left unacknowledged: Redis is away and the worker stops", entry_id, command)
+        finally:
+            self.broker.release(self.queue_name, [entry_id])
 
     def requeue(self, messages: Any) -> None:
+        messages = list(messages)
+        self.broker.release(self.queue_name, [m.options["redis_message_id"] for m in messages])
         try:
             super().requeue(messages)
-        except redis.ConnectionError as exc:
+        except REDIS_ERRORS as exc:
+            self.broker.suspect(self.queue_name)  # the next fetch puts them back
             raise ConnectionClosed(exc) from None

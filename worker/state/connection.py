@@ -45,8 +45,19 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 def is_redis_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says Redis is away (worth waiting for), not that a command was wrong."""
-    return isinstance(exc, REDIS_ERRORS)
+    """Whether ``exc`` says Redis is away (worth waiting for), not that a command was wrong.
+
+    Also when a Redis error is the cause: the store translates them into TransientError.
+    """
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, RedisUnavailable):
+            return False  # a wait already given up: not to be waited for again
+        if isinstance(current, REDIS_ERRORS):
+            return True
+        current, seen = current.__cause__, seen + 1
+    return False
 
 
 class RedisOutage:
@@ -144,7 +155,9 @@ class RedisOutage:
         while True:
             try:
                 result = operation()
-            except REDIS_ERRORS as exc:
+            except Exception as exc:
+                if not is_redis_outage(exc):
+                    raise
                 self.failed(exc)
                 if self.stopping or not self.pause(attempt):
                     raise RedisUnavailable(f"Redis unavailable and the process is stopping: {exc}") from exc
