@@ -13,7 +13,7 @@ from factories import partner_updated
 
 from worker.config.settings import load_settings
 from worker.service.actors import EVENTS_QUEUE
-from worker.service.broker import entry_raw_text, read_entry
+from worker.service.broker import entry_raw_text, leave_unacknowledged, read_entry
 from worker.service.runtime import Runtime, build_runtime
 
 DEEP = b"[" * 3000 + b"]" * 3000
@@ -147,3 +147,15 @@ def test_entries_held_by_the_worker_are_not_put_back(embedded):
     broker.suspect(EVENTS_QUEUE)
     broker.recover(EVENTS_QUEUE)
     assert embedded.redis.llen(f"{broker.namespace}:{EVENTS_QUEUE}") == 0
+
+
+def test_a_message_left_unacknowledged_stays_with_this_worker_in_redis(embedded):
+    embedded.actors.ingest.send(json.dumps(partner_updated(partner_id="p-left")))
+    broker = embedded.broker
+    consumer = broker.consume(EVENTS_QUEUE, prefetch=1, timeout=10)
+    message = next(consumer)
+    leave_unacknowledged(message)
+    consumer.ack(message)
+    acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{EVENTS_QUEUE}"
+    assert embedded.redis.smembers(acks) == {message.options["redis_message_id"].encode()}
+    assert consumer.outstanding_message_count == 0

@@ -213,7 +213,7 @@ class QueueBroker(RedisBroker):
         self.scripts["dispatch"](args=args, keys=[self.namespace])
 
 
-class _QueueConsumer(_RedisConsumer):  # type: ignore[misc]
+class _QueueConsumer(_RedisConsumer):
     broker: QueueBroker
 
     def __init__(self, broker: QueueBroker, queue_name: str, prefetch: int, timeout: int) -> None:
