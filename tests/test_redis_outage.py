@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -12,7 +13,7 @@ from factories import partner_updated
 
 from worker.config.settings import load_settings
 from worker.domain.errors import RedisUnavailable, TransientError
-from worker.service.actors import ingest_batch
+from worker.service.actors import EVENTS_QUEUE, ingest_batch
 from worker.service.broker import is_left_unacknowledged
 from worker.service.middleware import DurableRetries
 from worker.service.runtime import build_runtime
@@ -55,6 +56,21 @@ def test_an_outage_of_many_attempts_is_logged_once_and_its_end_once(caplog):
     assert lines[0].startswith("Redis unavailable (ConnectionError: Connection refused)")
     assert lines[1].startswith("Redis available again after") and "(50 failed attempt(s))" in lines[1]
     assert not outage.down
+
+
+def test_redis_failing_some_commands_only_does_not_log_each_attempt(caplog):
+    caplog.set_level(logging.INFO, logger="worker.redis")
+    now = [0.0]
+    outage = RedisOutage(min_backoff_s=0.01, max_backoff_s=0.04, sleep=lambda s: None, monotonic=lambda: now[0])
+    for _ in range(20):  # fails, then another command succeeds: twenty short outages within a few seconds
+        outage.failed(redis.TimeoutError("Timeout reading from socket"))
+        now[0] += 0.1
+        outage.recovered()
+    assert len(outage_lines(caplog)) == 2
+    now[0] += 31
+    outage.failed(redis.ConnectionError("Connection refused"))
+    outage.recovered()
+    assert len(outage_lines(caplog)) == 4
 
 
 def test_the_backoff_grows_and_is_capped():
@@ -125,8 +141,7 @@ def test_the_redis_client_carries_the_configured_timeouts_and_health_checks():
 
 @pytest.fixture
 def embedded():
-    rt = build_runtime(load_settings(redis_url=None))
-    rt.redis_outage = quick_outage([])
+    rt = build_runtime(load_settings(redis_url=None, redis_max_backoff_s=0.02))
     yield rt
     rt.close()
 
@@ -194,3 +209,30 @@ def test_an_actor_that_gave_up_waiting_leaves_its_message_unacknowledged_without
     )
     assert is_left_unacknowledged(message)
     assert "retries" not in message.options
+
+
+def test_a_worker_stopped_while_redis_is_away_stops_at_once_and_leaves_its_message_to_another(embedded, monkeypatch):
+    import time
+
+    import dramatiq
+
+    rt = embedded
+    monkeypatch.setattr(rt.store, "apply_many", Flaky(failures=10**6))
+    rt.actors.ingest_batch.send([json.dumps(partner_updated(partner_id="p-away"))])
+    worker = dramatiq.Worker(rt.broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not rt.redis_outage.down and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rt.redis_outage.down
+    finally:
+        started = time.monotonic()
+        worker.stop(timeout=30_000)
+    assert time.monotonic() - started < 10
+    broker = rt.broker
+    acks = rt.redis.smembers(f"{broker.namespace}:__acks__.{broker.broker_id}.{EVENTS_QUEUE}")
+    assert len(acks) == 1  # neither acknowledged nor retried: still this worker's, for dramatiq to hand on
+    assert rt.redis.hlen(f"{broker.namespace}:{EVENTS_QUEUE}.msgs") == 1
+    assert rt.redis.zcard(f"{broker.namespace}:{EVENTS_QUEUE}.DQ") == 0
+    assert rt.store.dead_letters() == []

@@ -45,6 +45,9 @@ INGEST_MAX_RETRIES = 20
 # The time limit of actors that wait for Redis: dramatiq's default (10 minutes) would interrupt the
 # wait of a longer outage; an ingest message otherwise takes milliseconds.
 _WAITS_OUT_OUTAGES_MS = 7 * 86_400_000
+# Expected, so logged without a traceback: RedisUnavailable is a wait given up as the worker stops,
+# whose message DurableRetries leaves unacknowledged for another worker.
+_INGEST_THROWS = (PermanentError, RedisUnavailable)
 
 
 def screen_event(raw: str, *, now: datetime, max_future_s: int) -> Event:
@@ -249,7 +252,7 @@ class Actors:
             max_retries=INGEST_MAX_RETRIES,
             min_backoff=500,
             max_backoff=300_000,
-            throws=(PermanentError,),
+            throws=_INGEST_THROWS,
             time_limit=_WAITS_OUT_OUTAGES_MS,
         )(ingest_event_actor)
         self.ingest_batch = dramatiq.actor(
@@ -259,7 +262,7 @@ class Actors:
             max_retries=INGEST_MAX_RETRIES,
             min_backoff=500,
             max_backoff=300_000,
-            throws=(PermanentError,),
+            throws=_INGEST_THROWS,
             time_limit=_WAITS_OUT_OUTAGES_MS,
         )(ingest_batch_actor)
         # Its messages are made by the broker's consumers, on whichever queue the entry was found.
@@ -268,6 +271,7 @@ class Actors:
             actor_name=DEAD_LETTER_ENTRY_ACTOR,
             queue_name=EVENTS_QUEUE,
             max_retries=INGEST_MAX_RETRIES,
+            throws=(RedisUnavailable,),
             time_limit=_WAITS_OUT_OUTAGES_MS,
         )(dead_letter_entry_actor)
         self.deliver = dramatiq.actor(

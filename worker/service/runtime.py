@@ -109,7 +109,9 @@ def build_runtime(
     settings = settings or load_settings()
     client = redis_client or _redis_client(settings)
     # One outage per process: its consumers, actors and scheduler wait for Redis together, and log it once.
-    outage = RedisOutage(max_backoff_s=settings.redis_max_backoff_s)
+    outage = RedisOutage(
+        max_backoff_s=settings.redis_max_backoff_s, min_backoff_s=min(0.1, settings.redis_max_backoff_s)
+    )
     broker = QueueBroker(
         client=client, namespace=f"{settings.key_prefix}-queue", outage=outage, middleware=broker_middleware(outage)
     )

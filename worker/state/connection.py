@@ -66,8 +66,9 @@ class RedisOutage:
     ``call`` runs an operation until Redis answers, sleeping between attempts with jittered
     exponential backoff capped at ``max_backoff_s``. The first failure logs that Redis is away and the
     first success after it logs how long it was, whatever the number of threads and attempts: a dead
-    Redis must not write a line per attempt. ``stop`` ends every wait (the process is stopping); the
-    waiting calls then raise RedisUnavailable.
+    Redis must not write a line per attempt. An outage that starts within ``relog_after_s`` of the
+    last logged one is not logged (Redis flapping, or failing some commands only). ``stop`` ends
+    every wait (the process is stopping); the waiting calls then raise RedisUnavailable.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class RedisOutage:
         sleep: Callable[[float], object] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         logger: logging.Logger = _log,
+        relog_after_s: float = 30.0,
     ) -> None:
         if min_backoff_s <= 0 or max_backoff_s < min_backoff_s:
             raise ValueError("need 0 < min_backoff_s <= max_backoff_s")
@@ -90,6 +92,9 @@ class RedisOutage:
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._failures = 0
+        self._logged = False
+        self._logged_at: float | None = None
+        self.relog_after_s = relog_after_s
 
     @property
     def down(self) -> bool:
@@ -108,21 +113,28 @@ class RedisOutage:
         self._stopping.clear()
 
     def failed(self, exc: BaseException) -> None:
-        """Note a failed attempt; only the first of an outage is logged."""
+        """Note a failed attempt; only the first of an outage is logged (see ``relog_after_s``)."""
         with self._lock:
             self._failures += 1
             if self._down_since is not None:
                 return
-            self._down_since = self._monotonic()
-        self._log.warning(
-            "Redis unavailable (%s: %s); waiting for it, retrying with backoff up to %.1fs",
-            type(exc).__name__,
-            exc,
-            self.max_backoff_s,
-        )
+            now = self._monotonic()
+            self._down_since = now
+            # Redis answering some commands and failing others (a script timing out) must not write
+            # two lines per attempt either: an outage starting soon after the last logged one is quiet.
+            self._logged = self._logged_at is None or now - self._logged_at >= self.relog_after_s
+            if self._logged:
+                self._logged_at = now
+        if self._logged:
+            self._log.warning(
+                "Redis unavailable (%s: %s); waiting for it, retrying with backoff up to %.1fs",
+                type(exc).__name__,
+                exc,
+                self.max_backoff_s,
+            )
 
     def recovered(self) -> None:
-        """Note a successful operation; the first after an outage logs its end."""
+        """Note a successful operation; the first after a logged outage logs its end."""
         if self._down_since is None:
             return
         with self._lock:
@@ -130,7 +142,9 @@ class RedisOutage:
                 return
             down_s = self._monotonic() - self._down_since
             failures, self._down_since, self._failures = self._failures, None, 0
-        self._log.warning("Redis available again after %.1fs (%d failed attempt(s))", down_s, failures)
+            logged = self._logged
+        if logged:
+            self._log.warning("Redis available again after %.1fs (%d failed attempt(s))", down_s, failures)
 
     def backoff_s(self, attempt: int) -> float:
         """How long to wait before attempt ``attempt + 1``: exponential, capped, with jitter."""
