@@ -6,13 +6,14 @@ import json
 import uuid
 from collections.abc import Iterator
 
+import dramatiq
 import pytest
 from draining import drain
 from dramatiq import Message
 from factories import partner_updated
 
 from worker.config.settings import load_settings
-from worker.service.actors import EVENTS_QUEUE
+from worker.service.actors import DELIVERIES_QUEUE, EVENTS_QUEUE
 from worker.service.broker import entry_raw_text, leave_unacknowledged, read_entry
 from worker.service.runtime import Runtime, build_runtime
 
@@ -90,13 +91,22 @@ def test_undecodable_entries_are_dead_lettered_with_their_bytes_and_the_events_a
     assert queue_leftovers(embedded) == {}
 
 
-def test_an_undecodable_entry_on_the_delay_queue_is_dead_lettered_too(embedded):
-    push_entry(embedded, b"garbage", queue=f"{EVENTS_QUEUE}.DQ")
+@pytest.mark.parametrize("queue", [f"{EVENTS_QUEUE}.DQ", DELIVERIES_QUEUE, f"{DELIVERIES_QUEUE}.DQ"])
+def test_an_undecodable_entry_on_any_other_queue_is_dead_lettered_too(embedded, queue):
+    push_entry(embedded, b"garbage", queue=queue)
     embedded.actors.ingest.send(json.dumps(partner_updated(partner_id="p-after")))
-    drain(embedded)
+    worker = dramatiq.Worker(embedded.broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        for name in (EVENTS_QUEUE, DELIVERIES_QUEUE):
+            embedded.broker.join(name, timeout=20_000)
+        worker.join()
+    finally:
+        worker.stop()
     assert [d.raw for d in embedded.store.dead_letters()] == ["garbage"]
     assert embedded.store.partner("p-after") is not None
     assert queue_leftovers(embedded) == {}
+    assert embedded.redis.hlen(f"{embedded.broker.namespace}:{queue}.msgs") == 0
 
 
 def test_a_message_for_an_unknown_actor_goes_to_our_dead_letters_not_to_dramatiqs(embedded):
