@@ -122,6 +122,7 @@ async def deliver_many(rt: Context, refs: Sequence[ReminderRef], *, last_try: bo
         [(refs[i], []) for i, _, _, _ in sends], hold_claims_until_ms=_epoch_ms(rt.clock.now()) + lease_ms
     )
     leases: dict[ReminderRef, str] = {}
+    checks = _Checks(rt, recorder)
     attempts = []
     for (i, send, client_id, plan_next), (claim, token, _) in zip(sends, claims, strict=True):
         ref = refs[i]
@@ -134,7 +135,7 @@ async def deliver_many(rt: Context, refs: Sequence[ReminderRef], *, last_try: bo
         else:
             leases[ref] = token
             job = _Send(rt, ref, token, client_id, send, rules=rules, plan_next=plan_next, last_try=last_try)
-            attempts.append((i, job.run(recorder, leases)))
+            attempts.append((i, job.run(recorder, checks, leases)))
     recorder.waiting = len(attempts)
     keeper = asyncio.ensure_future(
         keep_leases_alive(rt.ledger, leases, lease_ms=lease_ms, now_ms=lambda: _epoch_ms(rt.clock.now()))
@@ -177,6 +178,72 @@ def _decide(
     )
 
 
+class _Checks:
+    """The pre-send reads of one batch: those that start together go to Redis in one pipeline.
+
+    The pipeline runs in a thread, so the event loop goes on with the other sends meanwhile, and it
+    carries the outcomes waiting to be written (see ``Recorder``). While one is in flight, the
+    reads asked for meanwhile gather for the next.
+    """
+
+    def __init__(self, rt: Context, recorder: Recorder) -> None:
+        self._rt = rt
+        self._recorder = recorder
+        self._asked: list[tuple[tuple[str, str, str], list[str], asyncio.Future[tuple[list[bool], RenewalView]]]] = []
+        self._running = False
+        self._drainer: asyncio.Future[None] | None = None
+
+    async def read(
+        self, partner_id: str, renewal_id: str, client_id: str, emails: list[str]
+    ) -> tuple[list[bool], RenewalView]:
+        """The renewal's state now, and whether each of ``emails`` is suppressed."""
+        future: asyncio.Future[tuple[list[bool], RenewalView]] = asyncio.get_running_loop().create_future()
+        self._asked.append(((partner_id, renewal_id, client_id), emails, future))
+        if not self._running:
+            self._running = True
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._asked:
+                asked, self._asked = self._asked, []
+                try:
+                    results = await self._read(asked)
+                except BaseException as exc:
+                    for _, _, future in asked:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, _, future), result in zip(asked, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._running = False
+
+    async def _read(
+        self, asked: list[tuple[tuple[str, str, str], list[str], asyncio.Future[tuple[list[bool], RenewalView]]]]
+    ) -> list[tuple[list[bool], RenewalView]]:
+        rt, recorder = self._rt, self._recorder
+        pending = recorder.take()
+        suppressed_key = rt.ledger.keys.suppressed()
+
+        def before(pipe: redis.client.Pipeline) -> int:
+            count = recorder.queue(pipe, pending)
+            for _, emails, _ in asked:
+                pipe.smismember(suppressed_key, [e.casefold() for e in emails])
+            return count + len(asked)
+
+        head, views = await asyncio.to_thread(
+            rt.planning.recheck, [request for request, _, _ in asked], before=before, scripts=[rt.ledger.finish_script]
+        )
+        recorder.done(pending)
+        flags = [[bool(v) for v in reply] for reply in head[len(head) - len(asked) :]]
+        return list(zip(flags, views, strict=True))
+
+
 @dataclass(frozen=True)
 class _Built:
     """Who the message built at the check went to, for its outcome once the server accepts it."""
@@ -209,12 +276,12 @@ class _Send:
         self.stopped: str | None = None
         self.sent: _Built | None = None
 
-    async def run(self, recorder: Recorder, leases: dict[ReminderRef, str]) -> str | Exception:
+    async def run(self, recorder: Recorder, checks: _Checks, leases: dict[ReminderRef, str]) -> str | Exception:
         rt, ref = self.rt, self.ref
         partner_id, renewal_id, reminder_id = ref
         try:
             result = await rt.mailer.send_checked(
-                lambda: self._prepare(recorder), accepted=lambda r: self._accepted(recorder, r)
+                lambda: self._prepare(recorder, checks), accepted=lambda r: self._accepted(recorder, r)
             )
         except ValueError as exc:
             # The data cannot make a valid message (build_message refuses it): no retry can help.
@@ -277,21 +344,13 @@ class _Send:
     def _finish(self, recorder: Recorder, outcome: Outcome, *, token: str | None = None) -> None:
         recorder.add((self.ref, outcome, self.token if token is None else token, self.plan_next))
 
-    async def _prepare(self, recorder: Recorder) -> Envelope | None:
+    async def _prepare(self, recorder: Recorder, checks: _Checks) -> Envelope | None:
         """The check at send time: state, ledger and suppressions read now, decided, rendered, built."""
         self._not_started(recorder)
         rt, (partner_id, renewal_id, reminder_id) = self.rt, self.ref
         emails = [r.person.email for r in self.send.routing.to + self.send.routing.cc]
 
-        def before(pipe: redis.client.Pipeline) -> int:
-            count = recorder.queue(pipe)
-            pipe.smismember(rt.ledger.keys.suppressed(), [e.casefold() for e in emails])
-            return count + 1
-
-        head, view = rt.planning.recheck(
-            partner_id, renewal_id, self.client_id, before=before, scripts=[rt.ledger.finish_script]
-        )
-        recorder.written()
+        flags, view = await checks.read(partner_id, renewal_id, self.client_id, emails)
         now = rt.clock.now()
         if reminder_id in view.outcomes:
             return self._stop(recorder, "already_final", release=True)
@@ -306,7 +365,6 @@ class _Send:
             self._finish(recorder, Outcome("skipped", now, reason=decision.reason))
             return self._stop(recorder, f"skipped:{decision.reason}")
         people = [r.person for r in decision.routing.to + decision.routing.cc]
-        flags = [bool(v) for v in head[-1]]
         if [p.email for p in people] != emails:
             flags = rt.ledger.is_suppressed([p.email for p in people])  # recipients changed since the batch read
         return self._build(recorder, decision, flags, now)

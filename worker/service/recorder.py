@@ -11,17 +11,29 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
 from ..state.ledger import Ledger, Outcome, ReminderRef
 
-__all__ = ["FinishItem", "Recorder", "keep_leases_alive", "wait_for_redis"]
+__all__ = ["FinishItem", "Pending", "Recorder", "keep_leases_alive", "wait_for_redis"]
 
 _log = logging.getLogger("worker.delivery")
+_T = TypeVar("_T")
 
 FinishItem = tuple[ReminderRef, Outcome, str, bool]
 """(reminder, outcome, lease token, plan the next reminder): what ``Ledger.finish_many`` takes."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A copy of what a recorder had to write at one moment."""
+
+    items: list[FinishItem]
+    suppress: list[str]
+    release: list[str | bytes]
 
 
 class Recorder:
@@ -37,7 +49,6 @@ class Recorder:
         self._items: list[FinishItem] = []
         self._suppress: list[str] = []
         self._release: list[str | bytes] = []
-        self._queued: tuple[int, int, int] | None = None
         self.waiting = 0
 
     @property
@@ -58,30 +69,33 @@ class Recorder:
         if self.waiting == 0:
             self.write_now()
 
-    def queue(self, pipe: redis.client.Pipeline) -> int:
-        """Queue everything pending into ``pipe``; ``written`` must follow once the pipeline ran."""
-        self._queued = (len(self._items), len(self._suppress), len(self._release))
-        return self._ledger.queue_finish(pipe, self._items, suppress=self._suppress, release=self._release)
+    def take(self) -> Pending:
+        """What is pending now, to be written by ``queue`` (in any thread) and then dropped by ``done``."""
+        return Pending(list(self._items), list(self._suppress), list(self._release))
 
-    def written(self) -> None:
-        """The pipeline that ``queue`` filled ran: drop what it wrote (more may have come since)."""
-        if self._queued is None:
-            return
-        items, suppress, release = self._queued
-        del self._items[:items], self._suppress[:suppress], self._release[:release]
-        self._queued = None
+    def queue(self, pipe: redis.client.Pipeline, pending: Pending) -> int:
+        """Queue ``pending`` into ``pipe``; returns how many replies that adds."""
+        return self._ledger.queue_finish(pipe, pending.items, suppress=pending.suppress, release=pending.release)
+
+    def done(self, pending: Pending) -> None:
+        """``pending`` is in Redis: drop it (by identity: more may have come, or been written, since)."""
+        self._items[:] = _without(self._items, pending.items)
+        self._suppress[:] = _without(self._suppress, pending.suppress)
+        self._release[:] = _without(self._release, pending.release)
 
     def write_now(self) -> bool:
         """Write what is pending in one round trip; False (and kept) when Redis did not answer."""
         if not self.pending:
             return True
-        items, suppress, release = list(self._items), list(self._suppress), list(self._release)
+        pending = self.take()
         try:
-            self._ledger.finish_many(items, suppress=suppress, release=release)
+            self._ledger.finish_many(pending.items, suppress=pending.suppress, release=pending.release)
         except redis.RedisError as exc:
-            _log.warning("Redis unavailable, %d outcome(s) kept in memory until it is back: %s", len(items), exc)
+            _log.warning(
+                "Redis unavailable, %d outcome(s) kept in memory until it is back: %s", len(pending.items), exc
+            )
             return False
-        del self._items[: len(items)], self._suppress[: len(suppress)], self._release[: len(release)]
+        self.done(pending)
         return True
 
     async def flush(self, *, wait_s: float) -> None:
@@ -96,6 +110,11 @@ class Recorder:
             wait_s,
             len(self._items),
         )
+
+
+def _without(items: list[_T], written: list[_T]) -> list[_T]:
+    ids = {id(x) for x in written}
+    return [x for x in items if id(x) not in ids]
 
 
 async def wait_for_redis(attempt: Callable[[], bool], *, wait_s: float) -> bool:
