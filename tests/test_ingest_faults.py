@@ -123,7 +123,10 @@ def test_redis_killed_and_restarted_during_ingest_loses_no_event(private_redis, 
     finally:
         stop(workers)
     letters = producer.store.dead_letters(limit=1_000)
-    assert len(letters) == 40
+    invalid = {json.dumps(e) for e in singles if e["data"]["timezone"] == "Mars/Olympus_Mons"}
+    assert {d.raw for d in letters} == invalid
+    # At least once: a dead letter whose write Redis ran just before it was killed is written again.
+    assert len(letters) <= len(invalid) + 8
     assert {d.reason for d in letters} == {"invalid_event"}
     assert queue_leftovers(producer) == {}
     log = (tmp_path / "workers.log").read_text(errors="replace")

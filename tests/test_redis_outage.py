@@ -236,3 +236,11 @@ def test_a_worker_stopped_while_redis_is_away_stops_at_once_and_leaves_its_messa
     assert rt.redis.hlen(f"{broker.namespace}:{EVENTS_QUEUE}.msgs") == 1
     assert rt.redis.zcard(f"{broker.namespace}:{EVENTS_QUEUE}.DQ") == 0
     assert rt.store.dead_letters() == []
+
+
+def test_the_broker_has_a_client_of_its_own_that_redis_py_never_retries():
+    rt = build_runtime(load_settings(redis_url="redis://127.0.0.1:6379/1"))
+    assert rt.broker.client is not rt.redis
+    assert rt.broker.client.get_retry().get_retries() == 0
+    assert rt.redis.get_retry().get_retries() == 2
+    rt.close()

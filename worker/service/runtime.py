@@ -13,7 +13,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from ..config.settings import Settings, load_settings
-from ..state.connection import RedisOutage, redis_client
+from ..state.connection import RedisOutage
+from ..state.connection import redis_client as _connect
 from ..state.keys import Keys
 from ..state.ledger import Ledger
 from ..state.planning import Planning
@@ -88,16 +89,20 @@ class Runtime:
 
     def close(self) -> None:
         self.broker.close()
+        if self.broker.client is not self.redis:
+            self.broker.client.close()
         self.redis.close()
 
 
-def _redis_client(settings: Settings) -> redis.Redis:
+def _redis_client(settings: Settings, *, command_retries: int | None = None) -> redis.Redis:
     if settings.redis_url is None:
         # The embedded default: the very broker and store code of production, on an in-process Redis.
         import fakeredis
 
         return fakeredis.FakeRedis()
-    return redis_client(settings)
+    if command_retries is None:
+        return _connect(settings)
+    return _connect(settings, command_retries=command_retries)
 
 
 def build_runtime(
@@ -112,8 +117,14 @@ def build_runtime(
     outage = RedisOutage(
         max_backoff_s=settings.redis_max_backoff_s, min_backoff_s=min(0.1, settings.redis_max_backoff_s)
     )
+    # The broker has a client of its own, without redis-py's retries (see redis_client), unless the
+    # caller brought one or the process runs embedded (one in-process Redis for everything).
+    broker_client = client if redis_client or settings.embedded else _redis_client(settings, command_retries=0)
     broker = QueueBroker(
-        client=client, namespace=f"{settings.key_prefix}-queue", outage=outage, middleware=broker_middleware(outage)
+        client=broker_client,
+        namespace=f"{settings.key_prefix}-queue",
+        outage=outage,
+        middleware=broker_middleware(outage),
     )
     broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(CurrentMessage())

@@ -30,8 +30,13 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.Timeou
 _COMMAND_RETRIES = 2
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """The process's client of ``REDIS_URL`` with the configured timeouts and health checks."""
+def redis_client(settings: Settings, *, command_retries: int = _COMMAND_RETRIES) -> redis.Redis:
+    """A client of ``REDIS_URL`` with the configured timeouts and health checks.
+
+    ``command_retries=0`` for the broker: a fetch retried by redis-py after its reply was lost runs
+    twice, and the entries the first run took would go unnoticed; failing instead lets the consumer
+    put them back.
+    """
     if settings.redis_url is None:
         raise ValueError("REDIS_URL is not set")
     return redis.Redis.from_url(
@@ -39,7 +44,7 @@ def redis_client(settings: Settings) -> redis.Redis:
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         health_check_interval=settings.redis_health_check_interval_s,
-        retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), _COMMAND_RETRIES),
+        retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), command_retries),
         retry_on_error=list(REDIS_ERRORS),
     )
 
