@@ -76,7 +76,7 @@ class RulesWatcher:
             for problem in problems:
                 _log.error("%s", problem)
             return False
-        if rules.fingerprint == self._rules.fingerprint:
+        if rules.fingerprint == self._rules.fingerprint and rules.digest == self._rules.digest:
             return False
         _log.info("%s: new rules in force (fingerprint %s)", self.path, rules.fingerprint[:12])
         self._rules = rules

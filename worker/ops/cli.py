@@ -132,6 +132,7 @@ def _timestamp(text: str) -> datetime:
 def _cmd_rules_check(args: argparse.Namespace) -> int:
     from ..config.rulefile import check_rules
     from ..config.settings import load_settings
+    from ..mail.digest_render import DigestRenderer
     from ..mail.render import Renderer
 
     settings = load_settings()
@@ -139,6 +140,7 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
     renderer = Renderer(settings.templates_dir)
     problems: list[str] = [str(p) for p in check_rules(path, known_templates=renderer.template_names())]
     problems.extend(f"{settings.templates_dir}: {p}" for p in renderer.check())
+    problems.extend(f"{settings.templates_dir}: {p}" for p in DigestRenderer(renderer).check())
     for problem in problems:
         print(problem)
     if problems:
@@ -157,6 +159,20 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"no events received for renewal {args.renewal_id} of partner {args.partner_id}", file=sys.stderr)
         return 1
     print(describe_plan(rt, args.partner_id, args.renewal_id))
+    return 0
+
+
+def _cmd_requiring_action(args: argparse.Namespace) -> int:
+    from ..state.digests import DigestState
+    from .requiring_action import format_rows, partner_rows
+
+    rt = _inspection_runtime()
+    if rt.store.partner(args.partner_id) is None and not rt.store.renewal_ids(args.partner_id):
+        print(f"no events received for partner {args.partner_id}", file=sys.stderr)
+        return 1
+    rules = rt.rules()
+    _, rows = partner_rows(DigestState(rt.store), args.partner_id, rules, rt.clock.now(), user=args.user)
+    sys.stdout.write(format_rows(rows, args.format, horizon_days=rules.digest.horizon_days))
     return 0
 
 
@@ -225,6 +241,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("partner_id")
     p.add_argument("renewal_id")
     p.set_defaults(handler=_cmd_plan)
+
+    p = sub.add_parser(
+        "requiring-action", help="a partner's renewals requiring action (the digest's table), or one user's"
+    )
+    p.add_argument("partner_id")
+    p.add_argument("--user", help="only the renewals in this partner user's digest (email)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(handler=_cmd_requiring_action)
 
     rules = sub.add_parser("rules", help="rule files").add_subparsers(dest="what", required=True)
     p = rules.add_parser("check", help="validate a rule file (and the templates it names); exit 1 on any problem")

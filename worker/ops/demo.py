@@ -16,8 +16,9 @@ def run_demo(examples: Path, outbox: Path, *, until: datetime) -> int:
     if not files:
         print(f"no example events (*.jsonl) in {examples}")
         return 1
+    rules = examples / "rules.yaml"  # the demo's rules: the default reminders and a weekly digest
     for path in files:
         print(f"== {path.name}: simulating up to {until.isoformat()}")
-        report = simulate(path, until=until, outbox=outbox)
+        report = simulate(path, until=until, outbox=outbox, rules_path=rules if rules.is_file() else None)
         print_report(report, outbox)
     return 0

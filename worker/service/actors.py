@@ -19,6 +19,7 @@ from ..state.schedule import DueItem
 from .broker import DEAD_LETTER_ENTRY_ACTOR, entry_raw_text
 from .context import Context
 from .delivery import deliver_many
+from .digests import deliver_digest_message
 
 __all__ = [
     "DELIVERIES_QUEUE",
@@ -245,6 +246,9 @@ class Actors:
         async def deliver_batch_actor(items: list[list[Any]]) -> None:
             await deliver_batch(rt, items)
 
+        async def deliver_digest_actor(partner_id: str, period_id: str) -> None:
+            await deliver_digest_message(rt, partner_id, period_id)
+
         self.ingest = dramatiq.actor(
             broker=broker,
             actor_name="ingest_event",
@@ -292,6 +296,15 @@ class Actors:
             max_backoff=settings.delivery_max_backoff_ms,
             throws=(PermanentError,),
         )(deliver_batch_actor)
+        self.deliver_digest = dramatiq.actor(
+            broker=broker,
+            actor_name="deliver_digest",
+            queue_name=DELIVERIES_QUEUE,
+            max_retries=settings.delivery_max_retries,
+            min_backoff=settings.delivery_min_backoff_ms,
+            max_backoff=settings.delivery_max_backoff_ms,
+            throws=(PermanentError,),
+        )(deliver_digest_actor)
         self.delivery_batch_size = settings.delivery_batch_size
 
     def enqueue_deliveries(self, items: list[DueItem]) -> None:
@@ -301,3 +314,7 @@ class Actors:
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             self.deliver_batch.send([[i.partner_id, i.renewal_id, i.reminder_id, i.due_ms] for i in chunk])
+
+    def enqueue_digest(self, partner_id: str, period_id: str) -> None:
+        """One message per partner and period: the worker works out each user's digest when it runs."""
+        self.deliver_digest.send(partner_id, period_id)

@@ -10,7 +10,9 @@ from types import FrameType
 import dramatiq
 
 from ..state.connection import REDIS_ERRORS
+from ..state.digests import DigestState
 from ..state.schedule import Scheduler
+from .digests import DigestScheduler
 from .runtime import Runtime
 
 __all__ = [
@@ -50,12 +52,24 @@ def plan_pending(rt: Runtime) -> None:
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:
+    digests = DigestScheduler(DigestState(rt.store), rt.rules, rt.actors.enqueue_digest)
+
+    def tick() -> None:
+        plan_pending(rt)
+        try:
+            digests.maybe_run(rt.clock.now())
+        except REDIS_ERRORS:  # waited out by the scheduler loop, logged once there
+            raise
+        except Exception:
+            # A digest is a convenience: a fault in finding who is due must never hold up reminders.
+            _log.exception("looking for partners due a digest failed; reminders go on")
+
     return Scheduler(
         rt.due_index,
         rt.actors.enqueue_deliveries,
         rt.clock.now,
         lease_ms=int(rt.settings.claim_lease_s * 1000),
-        on_tick=lambda: plan_pending(rt),
+        on_tick=tick,
     )
 
 

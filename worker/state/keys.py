@@ -95,3 +95,7 @@ class Keys:
 
     def rules_fingerprint(self) -> str:
         return f"{self.prefix}:rules:fingerprint"
+
+    def digest_periods(self) -> str:
+        """Hash: partner id -> the id of the last digest period enqueued for it (``digest/2026-W49``)."""
+        return f"{self.prefix}:digest:periods"
