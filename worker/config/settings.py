@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -129,6 +130,9 @@ class Settings(BaseSettings):
     )
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     rules_reload_s: float = Field(default=5.0, gt=0, description="How often a running process looks for rule edits.")
+    history_days: int = Field(
+        default=90, ge=1, description="Days of history (outcomes, deferrals, steering) kept in Redis."
+    )
     dead_letter_max: int = Field(default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed).")
     ingest_batch_size: int = Field(
         default=100,
@@ -192,8 +196,12 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and overrides), turning errors into ConfigError."""
+    # ENV_FILE names a dotenv file (config/example.env's format) read under the environment's values.
+    env_file = os.environ.get("ENV_FILE") or None
+    if env_file is not None and not Path(env_file).is_file():
+        raise ConfigError(f"invalid setting ENV_FILE: no such file: {env_file}")
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

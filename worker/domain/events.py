@@ -150,6 +150,13 @@ def _checked_email(value: str) -> str:
     try:
         checked = validate_email(value, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
+        host = value.rpartition("@")[2].lower().rstrip(".")
+        names = tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+        if host and _special_use(names).search(host):
+            raise ValueError(
+                f"not a valid email address: {host} is a reserved domain (.{', .'.join(names)}) where no mail can "
+                "be delivered, so the contract refuses it; test data can use example.com, example.org or example.net"
+            ) from None
         raise ValueError(f"not a valid email address: {exc}") from None
     return str(checked.normalized)
 

@@ -199,7 +199,7 @@ async def deliver_batch(rt: Context, items: list[list[Any]]) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
     refs = [(str(pid), str(rid), str(rem)) for pid, rid, rem, _ in items]
-    results = await deliver_many(rt, refs, last_try=retries >= rt.settings.delivery_max_retries)
+    results = await deliver_many(rt, refs, last_try=retries >= rt.settings.delivery_max_retries, attempt=retries + 1)
     errors = []
     for (partner_id, renewal_id, reminder_id), item, result in zip(refs, items, results, strict=True):
         due = _due_text(item[3])

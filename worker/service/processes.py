@@ -6,11 +6,13 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import cast
 
 import dramatiq
 
 from ..state.connection import REDIS_ERRORS
 from ..state.digests import DigestState
+from ..state.rules_in_force import StoredRules, publish_rules
 from ..state.schedule import Scheduler
 from .digests import DigestScheduler
 from .runtime import Runtime
@@ -32,15 +34,27 @@ def sync_rules(rt: Runtime) -> bool:
     """Re-plan everything when the rules in force differ from those the due index was planned with.
 
     The fingerprint in Redis is swapped atomically (SET ... GET), so of many schedulers seeing the
-    same edit, one re-plans.
+    same edit, one re-plans. The rules' text goes to Redis too, for the CLI's views.
     """
     rules = rt.rules()
     previous = rt.redis.set(rt.keys.rules_fingerprint(), rules.fingerprint, get=True)
     if previous is not None and previous.decode() == rules.fingerprint:
+        _publish_rules(rt)
         return False
+    _publish_rules(rt)
     _log.info("rules %s in force: re-planning every renewal", rules.fingerprint[:12])
     rt.planning.replan_all(rules, rt.clock.now())
     return True
+
+
+def _publish_rules(rt: Runtime) -> None:
+    """Keep the text of the rules in force in Redis (written only when what is there differs)."""
+    rules = rt.rules()
+    stored = cast(bytes | None, rt.redis.hget(rt.keys.rules_in_force(), "fingerprint"))
+    if stored is not None and stored.decode() == rules.fingerprint:
+        return
+    text = rt.rules_watcher.text
+    publish_rules(rt.redis, rt.keys, StoredRules(text, rules.fingerprint, str(rt.settings.rules_path), rt.clock.now()))
 
 
 def plan_pending(rt: Runtime) -> None:

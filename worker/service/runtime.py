@@ -15,6 +15,7 @@ from dramatiq.middleware import CurrentMessage
 from ..config.settings import Settings, load_settings
 from ..state.connection import RedisOutage
 from ..state.connection import redis_client as _connect
+from ..state.history import History
 from ..state.keys import Keys
 from ..state.ledger import Ledger
 from ..state.planning import Planning
@@ -144,8 +145,8 @@ def build_runtime(
         store=store,
         clock=clock or SystemClock(),
         keys=keys,
-        ledger=Ledger(client, keys, lease_ms=settings.send_lease_ms),
-        due_index=DueIndex(client, keys),
+        ledger=Ledger(client, keys, lease_ms=settings.send_lease_ms, history_days=settings.history_days),
+        due_index=DueIndex(client, keys, history=History(client, keys, days=settings.history_days)),
         planning=Planning(client, store, keys),
     )
     broker.add_middleware(CloseMailer(runtime.close_mailer))
