@@ -8,12 +8,13 @@ import os
 import signal
 import socket
 import threading
+import time
 from types import FrameType
 from typing import cast
 
 import dramatiq
-import redis
 
+from ..state.connection import REDIS_ERRORS
 from ..state.digests import DigestState
 from ..state.heartbeat import Heartbeats
 from ..state.rules_in_force import StoredRules, publish_rules
@@ -24,7 +25,15 @@ from .runtime import Runtime
 from .state_metrics import StateCollector
 from .telemetry import record_tick
 
-__all__ = ["build_scheduler", "log_start", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
+__all__ = [
+    "build_scheduler",
+    "log_start",
+    "plan_pending",
+    "run_scheduler",
+    "run_scheduler_loop",
+    "run_service",
+    "sync_rules",
+]
 
 _log = logging.getLogger("worker.service")
 
@@ -78,7 +87,7 @@ def build_scheduler(rt: Runtime, *, metrics_url: str | None = None) -> Scheduler
         plan_pending(rt)
         try:
             digests.maybe_run(rt.clock.now())
-        except redis.ConnectionError:
+        except REDIS_ERRORS:  # waited out by the scheduler loop, logged once there
             raise
         except Exception:
             # A digest is a convenience: a fault in finding who is due must never hold up reminders.
@@ -118,6 +127,46 @@ def build_scheduler(rt: Runtime, *, metrics_url: str | None = None) -> Scheduler
         on_tick=tick,
         after_tick=after_tick,
     )
+
+
+def run_scheduler_loop(rt: Runtime, scheduler: Scheduler, stop: threading.Event) -> None:
+    """Tick every SCHEDULER_POLL_S until ``stop``; while Redis is away, back off and say so once.
+
+    The process's RedisOutage logs the outage and its end, shared with the worker of `renewals run`.
+    """
+    poll_s = rt.settings.scheduler_poll_s
+    outage = rt.redis_outage
+    failures = 0
+    _log.info("scheduler started (poll every %.1fs)", poll_s)
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            if scheduler.on_tick is not None:
+                scheduler.on_tick()
+            count = scheduler.run_once()
+        except REDIS_ERRORS as exc:
+            outage.failed(exc)
+            _after_tick(scheduler, time.perf_counter() - started, ok=False)
+            stop.wait(max(poll_s, outage.backoff_s(failures)))
+            failures += 1
+            continue
+        outage.recovered()
+        failures = 0
+        _after_tick(scheduler, time.perf_counter() - started, ok=True)
+        if count:
+            _log.info("enqueued %d due reminder(s)", count)
+        stop.wait(poll_s)
+    _log.info("scheduler stopped")
+
+
+def _after_tick(scheduler: Scheduler, duration_s: float, *, ok: bool) -> None:
+    """The tick's metrics and, after a good one, the heartbeat; Redis away leaves the heartbeat unwritten."""
+    if scheduler.after_tick is None:
+        return
+    try:
+        scheduler.after_tick(duration_s, ok)
+    except REDIS_ERRORS as exc:
+        _log.debug("heartbeat not written: %s", exc)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -165,9 +214,8 @@ def run_scheduler(rt: Runtime, stop: threading.Event | None = None) -> None:
     log_start(rt, "scheduler")
     stop = stop or threading.Event()
     _stop_on_signals(stop)
-    scheduler = build_scheduler(rt, metrics_url=_serve_metrics(rt))
     try:
-        scheduler.run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+        run_scheduler_loop(rt, build_scheduler(rt, metrics_url=_serve_metrics(rt)), stop)
     finally:
         Heartbeats(rt.redis, rt.keys).stop(process_id("scheduler"))
 
@@ -181,7 +229,7 @@ def run_service(rt: Runtime, *, threads: int = 8, stop: threading.Event | None =
     worker = dramatiq.Worker(rt.broker, worker_threads=threads)
     worker.start()
     try:
-        build_scheduler(rt, metrics_url=metrics_url).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+        run_scheduler_loop(rt, build_scheduler(rt, metrics_url=metrics_url), stop)
     finally:
         worker.stop()
         Heartbeats(rt.redis, rt.keys).stop(process_id("scheduler"))

@@ -122,7 +122,7 @@ class Scheduler:
         on_tick: Callable[[], object] | None = None,
         after_tick: Callable[[float, bool], object] | None = None,
     ) -> None:
-        """``after_tick`` hears of each tick of ``run_forever``: its duration in seconds and whether it succeeded."""
+        """``after_tick`` hears of each tick (``run_forever``, the service loop): its duration in seconds and success."""
         self.index = index
         self.enqueue = enqueue
         self.now = now
