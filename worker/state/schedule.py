@@ -122,7 +122,7 @@ class Scheduler:
         on_tick: Callable[[], object] | None = None,
         after_tick: Callable[[float, bool], object] | None = None,
     ) -> None:
-        """``after_tick`` hears of each tick (``run_forever``, the service loop): its duration in seconds and success."""
+        """``after_tick`` hears of each tick (``run_forever``, the service loop): its duration (s), success."""
         self.index = index
         self.enqueue = enqueue
         self.now = now
