@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from dramatiq.middleware import Middleware
 
 from ..config.settings import Settings, load_settings
+from ..state.connection import REDIS_ERRORS
 from ..state.heartbeat import Heartbeats
 from .logs import configure_logging
 from .state_metrics import StateCollector
@@ -231,6 +232,8 @@ class Telemetry(Middleware):
                     self.heartbeats.beat(
                         self._process_id, "worker", now=self.clock.now(), ttl_s=3 * interval, info=info
                     )
+                except REDIS_ERRORS as exc:  # the process's outage log says Redis is away, once
+                    _log.debug("heartbeat not written: %s", exc)
                 except Exception as exc:
                     _log.warning("heartbeat not written: %s", exc)
                 if self._stop.wait(self.settings.heartbeat_interval_s):
@@ -245,8 +248,8 @@ class Telemetry(Middleware):
             self._thread.join(timeout=5)
         try:
             self.heartbeats.stop(self._process_id)
-        except Exception as exc:
-            _log.warning("heartbeat not removed: %s", exc)
+        except REDIS_ERRORS as exc:  # it expires on its own
+            _log.debug("heartbeat not removed: %s", exc)
         if self._folder is not None:
             from prometheus_client import multiprocess
 

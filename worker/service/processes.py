@@ -169,6 +169,14 @@ def _after_tick(scheduler: Scheduler, duration_s: float, *, ok: bool) -> None:
         _log.debug("heartbeat not written: %s", exc)
 
 
+def _forget_heartbeat(rt: Runtime) -> None:
+    """A scheduler stopping cleanly says so at once; with Redis away its heartbeat expires on its own."""
+    try:
+        Heartbeats(rt.redis, rt.keys).stop(process_id("scheduler"))
+    except REDIS_ERRORS as exc:
+        _log.debug("heartbeat not removed: %s", exc)
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         _log.info("signal %d: stopping", signum)
@@ -217,7 +225,7 @@ def run_scheduler(rt: Runtime, stop: threading.Event | None = None) -> None:
     try:
         run_scheduler_loop(rt, build_scheduler(rt, metrics_url=_serve_metrics(rt)), stop)
     finally:
-        Heartbeats(rt.redis, rt.keys).stop(process_id("scheduler"))
+        _forget_heartbeat(rt)
 
 
 def run_service(rt: Runtime, *, threads: int = 8, stop: threading.Event | None = None) -> None:
@@ -232,4 +240,4 @@ def run_service(rt: Runtime, *, threads: int = 8, stop: threading.Event | None =
         run_scheduler_loop(rt, build_scheduler(rt, metrics_url=metrics_url), stop)
     finally:
         worker.stop()
-        Heartbeats(rt.redis, rt.keys).stop(process_id("scheduler"))
+        _forget_heartbeat(rt)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..state.alarms import SmtpAlarm
+from ..state.connection import REDIS_ERRORS
 from ..state.overview import due_overview, queue_depths, state_counts
 
 if TYPE_CHECKING:
@@ -45,8 +46,9 @@ class StateCollector:
             counts = state_counts(self.redis, self.keys)
             queues = queue_depths(self.redis, self.queue_namespace, ["events", "deliveries"])
             alarm = SmtpAlarm(self.redis, self.keys).current()
-        except Exception as exc:  # a scrape while Redis is away says so instead of failing
-            _log.warning("metrics: cannot read Redis: %s", exc)
+        except Exception as exc:  # a scrape while Redis is away says so (renewals_redis_up 0) instead of failing
+            level = logging.DEBUG if isinstance(exc, REDIS_ERRORS) else logging.WARNING
+            _log.log(level, "metrics: cannot read Redis: %s", exc)
             up = GaugeMetricFamily("renewals_redis_up", "1 when the last scrape could read Redis.")
             up.add_metric([], 0)
             yield up
