@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import idna
 
+from ..domain.errors import ConfigError
 from ..domain.events import Person
 from .render import RenderedEmail
 
@@ -156,11 +157,15 @@ def _mailbox_list(people: Sequence[tuple[str, str]]) -> list[str]:
 
 @lru_cache(maxsize=64)
 def _parse_mail_from(mail_from: str) -> tuple[str, str]:
-    _reject_controls(mail_from, "mail_from")
-    name, address = parseaddr(mail_from)
-    if not address:
-        raise ValueError(f"mail_from is not an address: {mail_from!r}")
-    _addr_spec(address)
+    """The From mailbox; a bad one is our configuration (MAIL_FROM), not the reminder's data: ConfigError."""
+    try:
+        _reject_controls(mail_from, "mail_from")
+        name, address = parseaddr(mail_from)
+        if not address:
+            raise ValueError(f"mail_from is not an address: {mail_from!r}")
+        _addr_spec(address)
+    except ValueError as exc:
+        raise ConfigError(f"MAIL_FROM: {exc}") from None
     return name, address
 
 

@@ -12,7 +12,7 @@ from email.utils import parseaddr
 import idna
 
 from ..domain.decision import Send, Skip, Wait, decide
-from ..domain.errors import PermanentSendError, TransientError
+from ..domain.errors import ConfigError, PermanentSendError, TransientError
 from ..domain.events import Person
 from ..mail.message import build_message, envelope_recipients, message_id_for
 from ..state.ledger import Outcome, ReminderRef, due_member
@@ -208,6 +208,10 @@ async def _attempt(
         result = await rt.mailer.send(
             sender=_envelope_sender(rt.settings.mail_from), recipients=envelope_recipients(to, cc), message=data
         )
+    except ConfigError as exc:  # our own settings or templates: retried until fixed, never the reminder's outcome
+        rt.ledger.release(partner_id, renewal_id, reminder_id, token)
+        _keep_claim(rt, partner_id, renewal_id, reminder_id)
+        return exc
     except ValueError as exc:
         # The data cannot make a valid message (build_message refuses it): no retry can help.
         outcome = Outcome("failed", now, reason="invalid_message", message_id=message_id, reply=str(exc))
