@@ -12,7 +12,7 @@ from pathlib import Path
 
 import fakeredis
 import pytest
-from factories import client_updated, renewal_updated
+from factories import client_updated, partner_updated, renewal_updated
 
 from worker.config.settings import load_settings
 from worker.domain.events import parse_event
@@ -39,7 +39,7 @@ def runtime_with_rules(tmp_path):
     settings = load_settings(redis_url=None, rules_path=rules, rules_reload_s=0.001)
     clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
     rt = build_runtime(settings, clock=clock, redis_client=fakeredis.FakeRedis())
-    for raw in (client_updated(), renewal_updated(start_date="2027-03-15")):
+    for raw in (partner_updated(), client_updated(), renewal_updated(start_date="2027-03-15")):
         event = parse_event(raw)
         rt.store.apply(event)
         rt.planning.replan_for_event(event, rt.rules(), clock.now())

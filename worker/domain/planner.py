@@ -17,6 +17,8 @@ from .rules import ReminderRule, RuleSet
 
 __all__ = [
     "NO_CLIENT_DETAILS",
+    "NO_PARTNER_SETTINGS",
+    "WAITING_REASONS",
     "Plan",
     "PlannedReminder",
     "SkipReason",
@@ -32,6 +34,10 @@ __all__ = [
 SkipReason = Literal["missed", "deadline_passed"]
 # The one reason a plan is empty only for now: the renewal is planned again when its client arrives.
 NO_CLIENT_DETAILS = "no_client_details"
+# Likewise for a partner never seen: its default owner decides who may be mailed at all.
+NO_PARTNER_SETTINGS = "no_partner_settings"
+# The reasons a renewal waits for missing data rather than being inactive for good.
+WAITING_REASONS = (NO_CLIENT_DETAILS, NO_PARTNER_SETTINGS)
 _UTC = ZoneInfo("UTC")
 
 
@@ -158,7 +164,12 @@ def plan_renewal(
         return Plan("", None, tz.key, inactive_reason="removed")
     deadline = renewal_deadline(renewal.start_date, rules)
     inactive = _inactive_reason(
-        renewal, rules, removed=removed, services_ended=services_ended, client_known=client is not None
+        renewal,
+        rules,
+        removed=removed,
+        services_ended=services_ended,
+        client_known=client is not None,
+        partner_known=partner is not None,
     )
     if inactive is not None:
         return Plan(renewal.renewal_id, deadline, tz.key, inactive_reason=inactive)
@@ -192,7 +203,13 @@ def plan_renewal(
 
 
 def _inactive_reason(
-    renewal: RenewalData, rules: RuleSet, *, removed: bool, services_ended: bool, client_known: bool
+    renewal: RenewalData,
+    rules: RuleSet,
+    *,
+    removed: bool,
+    services_ended: bool,
+    client_known: bool,
+    partner_known: bool,
 ) -> str | None:
     if removed:
         return "removed"
@@ -204,4 +221,8 @@ def _inactive_reason(
         # Events may arrive out of order: the renewal before its client. Nothing can be addressed,
         # nor its time zone known, until the client's details arrive; they re-plan it then.
         return NO_CLIENT_DETAILS
+    if not partner_known:
+        # Without the partner's settings its default owner is unknown: routing with the built-in
+        # default could mail the contacts of a client the partner owns. partner.updated re-plans it.
+        return NO_PARTNER_SETTINGS
     return None

@@ -195,6 +195,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from .waiting import add_waiting_command
+
     parser = argparse.ArgumentParser(prog="renewals", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -245,6 +247,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("partner_id")
     p.add_argument("client_id")
     p.set_defaults(handler=_cmd_show_client)
+
+    add_waiting_command(sub)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the event contract")
     p.add_argument("--output", "-o", help="write to this file instead of standard output")

@@ -67,6 +67,11 @@ class Keys:
         renewal, so it replaces exactly the previous plan with no bookkeeping per renewal."""
         return f"{self.prefix}:plan:reminder-ids"
 
+    def waiting(self, reason: str) -> str:
+        """Sorted set of renewals (due-member prefixes) waiting for missing data of one kind
+        (``no_client_details``, ``no_partner_settings``), by when they began to wait (epoch ms)."""
+        return f"{self.prefix}:waiting:{reason}"
+
     def dirty(self) -> str:
         """Sorted set of what must be re-planned (renewal, client or partner), by when it was marked."""
         return f"{self.prefix}:dirty"

@@ -19,7 +19,7 @@ from ..domain.events import (
     RenewalRemoved,
     RenewalUpdated,
 )
-from ..domain.planner import Plan, plan_renewal
+from ..domain.planner import NO_CLIENT_DETAILS, NO_PARTNER_SETTINGS, Plan, plan_renewal
 from ..domain.rules import RuleSet
 from .keys import Keys
 from .ledger import Outcome, due_member
@@ -75,22 +75,31 @@ class RenewalView:
 # A reminder that is claimed (its delivery is under way) is not put back: the delivery re-checks
 # the plan when it runs and hands the reminder back if it is not due after all; that keeps
 # "enqueued once" true. A final reminder (in the ledger) is never planned.
-#   KEYS: due, planned reminder ids, claimed, ledger, then the k version records
+# A renewal that waits for missing data (its client, its partner) is kept in the waiting set of
+# that reason, from the first plan that found it waiting, so ops can count them and see the oldest.
+#   KEYS: due, planned reminder ids, claimed, ledger, waiting for a client, waiting for a partner,
+#         then the k version records
 #   ARGV: k, k expected stamps ('' = absent), expected ledger size, the renewal's due-member prefix,
+#         waiting ('' = not waiting, else the index of its KEYS: 5 or 6), now (ms),
 #         n planned (reminder id, score) pairs, then (reminder id, outcome) pairs of skipped reminders
 _WRITE_PLAN = """
 local k = tonumber(ARGV[1])
 for j = 1, k do
-  local record = redis.call('GET', KEYS[4 + j])
+  local record = redis.call('GET', KEYS[6 + j])
   local stamp = record and string.match(record, '^[^\\31]*\\31[^\\31]*') or ''
   if stamp ~= ARGV[1 + j] then return 0 end
 end
 if redis.call('HLEN', KEYS[4]) ~= tonumber(ARGV[k + 2]) then return 0 end
 local prefix = ARGV[k + 3]
+local waiting = tonumber(ARGV[k + 4])
+for w = 5, 6 do
+  if w == waiting then redis.call('ZADD', KEYS[w], 'NX', ARGV[k + 5], prefix)
+  else redis.call('ZREM', KEYS[w], prefix) end
+end
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('ZREM', KEYS[1], prefix .. id) end
-local i = k + 5
+local i = k + 7
 local indexed = false
-for _ = 1, tonumber(ARGV[k + 4]) do
+for _ = 1, tonumber(ARGV[k + 6]) do
   local m = prefix .. ARGV[i]
   redis.call('SADD', KEYS[2], ARGV[i])
   if not indexed and not redis.call('ZSCORE', KEYS[3], m) then
@@ -107,6 +116,8 @@ return 1
 """
 
 _BATCH = 500
+# Where the plan write finds each waiting set among its KEYS.
+_WAITING_KEY_INDEX = {NO_CLIENT_DETAILS: 5, NO_PARTNER_SETTINGS: 6}
 
 # Drops dirty marks that were handled, unless the mark was renewed since it was read (a newer
 # event for the same thing came in while planning ran): that one stays for the next flush.
@@ -271,13 +282,15 @@ class Planning:
         # sent along for when the next is in flight, so that a plan changed meanwhile (new rules
         # adding a later reminder) is never left without an entry.
         upcoming = plan.planned[:2]
-        args += [due_member_prefix(pid, rid), len(upcoming)]
+        waiting = _WAITING_KEY_INDEX.get(plan.inactive_reason or "", "")
+        args += [due_member_prefix(pid, rid), waiting, epoch_ms(now), len(upcoming)]
         for item in upcoming:
             args += [item.reminder_id, epoch_ms(item.due_at)]
         for skip in plan.skipped:
             outcome = Outcome("skipped", now, reason=skip.reason, extra={"due_at": skip.due_at.isoformat()})
             args += [skip.reminder_id, outcome.to_json()]
-        keys = [k.due(), k.planned_reminder_ids(), k.claimed(), k.ledger(pid, rid), *(key for key, _ in view.version)]
+        keys = [k.due(), k.planned_reminder_ids(), k.claimed(), k.ledger(pid, rid)]
+        keys += [k.waiting(NO_CLIENT_DETAILS), k.waiting(NO_PARTNER_SETTINGS), *(key for key, _ in view.version)]
         self._write_plan.queue(pipe, keys=keys, args=args)
 
     def renewals_touched(self, event: Event) -> list[str]:
