@@ -9,6 +9,7 @@ from types import FrameType
 
 import dramatiq
 
+from ..state.rules_in_force import RulesRecord
 from ..state.schedule import Scheduler
 from .runtime import Runtime
 
@@ -21,9 +22,11 @@ def sync_rules(rt: Runtime) -> bool:
     """Re-plan everything when the rules in force differ from those the due index was planned with.
 
     The fingerprint in Redis is swapped atomically (SET ... GET), so of many schedulers seeing the
-    same edit, one re-plans.
+    same edit, one re-plans. The rules are recorded first with the ones they replace, so that the
+    re-plan, and every delivery, can tell which reminders the edit added or moved into the past.
     """
     rules = rt.rules()
+    RulesRecord(rt.redis, rt.keys).record(rules, rt.clock.now())
     previous = rt.redis.set(rt.keys.rules_fingerprint(), rules.fingerprint, get=True)
     if previous is not None and previous.decode() == rules.fingerprint:
         return False

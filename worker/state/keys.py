@@ -98,5 +98,10 @@ class Keys:
         """Hash: count of events per apply outcome (applied, duplicate, stale, already_ended)."""
         return f"{self.prefix}:stats:events"
 
+    def rules_in_force(self) -> str:
+        """Hash: the fingerprint, JSON and start (epoch ms) of the rules in force, and the JSON of the
+        rules before them, so that every process can tell what the last edit changed."""
+        return f"{self.prefix}:rules:in-force"
+
     def rules_fingerprint(self) -> str:
         return f"{self.prefix}:rules:fingerprint"

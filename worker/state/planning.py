@@ -24,6 +24,7 @@ from ..domain.rules import RuleSet
 from .keys import Keys
 from .ledger import Outcome, due_member
 from .records import StoredRecord, decode_payload, read_record
+from .rules_in_force import RulesInForce, parse_rules_in_force
 from .schedule import epoch_ms
 from .scripts import LuaScript, run_pipeline
 from .store import ClientState, RenewalState, Store, client_state_of, parse_dirty_member, renewal_state
@@ -48,9 +49,13 @@ class RenewalView:
     partner: PartnerData | None
     outcomes: dict[str, Outcome]
     version: tuple[tuple[str, str], ...] = ()
+    known_since: datetime | None = None
+    rules_in_force: RulesInForce | None = None
 
     def plan(self, rules: RuleSet, now: datetime) -> Plan:
+        """The plan at ``now``; a rule edit and the reminders already sent keep it from mailing by surprise."""
         client = self.client
+        sent_at = [outcome.at for outcome in self.outcomes.values() if outcome.kind == "sent"]
         return plan_renewal(
             self.renewal.renewal,
             removed=self.renewal.removed,
@@ -61,6 +66,9 @@ class RenewalView:
             rules=rules,
             now=now,
             final=self.outcomes.keys(),
+            rule_change=None if self.rules_in_force is None else self.rules_in_force.change_for(rules, now),
+            known_since=self.known_since,
+            last_sent_at=max(sent_at, default=None),
         )
 
 
@@ -195,11 +203,14 @@ class Planning:
                 pipe.hgetall(k.ledger(pid, rid))
             for pid in partner_ids:
                 pipe.get(k.partner(pid))
+            pipe.hgetall(k.rules_in_force())
             first = pipe.execute()
+        rules_in_force = parse_rules_in_force(first[-1])
         partners = {}
-        for pid, raw in zip(partner_ids, first[2 * len(pairs) :], strict=True):
+        for pid, raw in zip(partner_ids, first[2 * len(pairs) : -1], strict=True):
             record = read_record(raw)
-            partners[pid] = (None if record is None else decode_payload(PartnerData, record.payload), _stamp(record))
+            model = None if record is None else decode_payload(PartnerData, record.payload)
+            partners[pid] = (model, _stamp(record), None if record is None else record.updated_at)
         renewal_records = [read_record(first[2 * i]) for i in range(len(pairs))]
         renewals = [renewal_state(record) for record in renewal_records]
         clients = sorted(
@@ -211,21 +222,25 @@ class Planning:
                 pipe.get(k.owner(pid, cid))
                 pipe.get(k.ended(pid, cid))
             second = pipe.execute()
-        client_states: dict[tuple[str, str], tuple[ClientState, tuple[str, str, str]]] = {}
+        client_states: dict[tuple[str, str], tuple[ClientState, tuple[str, str, str], list[datetime]]] = {}
         for n, (pid, cid) in enumerate(clients):
             client, owner, ended = (read_record(raw) for raw in second[3 * n : 3 * n + 3])
             state = client_state_of(cid, client, owner, ended)
-            client_states[(pid, cid)] = (state, (_stamp(client), _stamp(owner), _stamp(ended)))
+            changed = [record.updated_at for record in (client, owner) if record is not None]
+            client_states[(pid, cid)] = (state, (_stamp(client), _stamp(owner), _stamp(ended)), changed)
         out = []
         for i, (pid, rid) in enumerate(pairs):
             ledger = first[2 * i + 1]
             renewal = renewals[i]
-            partner, partner_stamp = partners[pid]
+            partner, partner_stamp, partner_changed = partners[pid]
             version = [(k.renewal(pid, rid), _stamp(renewal_records[i])), (k.partner(pid), partner_stamp)]
+            # When the data the plan is made from last changed: a reminder due before it came late.
+            changed = [moment for moment in (renewal.updated_at, partner_changed) if moment is not None]
             client = None
             if renewal.renewal is not None:
                 cid = renewal.renewal.client_id
-                client, (client_stamp, owner_stamp, ended_stamp) = client_states[(pid, cid)]
+                client, (client_stamp, owner_stamp, ended_stamp), client_changed = client_states[(pid, cid)]
+                changed += client_changed
                 version += [
                     (k.client(pid, cid), client_stamp),
                     (k.owner(pid, cid), owner_stamp),
@@ -240,6 +255,8 @@ class Planning:
                     partner,
                     {key.decode(): Outcome.from_json(value) for key, value in ledger.items()},
                     tuple(version),
+                    known_since=max(changed, default=None),
+                    rules_in_force=rules_in_force,
                 )
             )
         return out
