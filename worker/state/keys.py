@@ -26,7 +26,8 @@ class Keys:
     prefix: str = "rw"
 
     def seen(self, slice_ms: int, index: int) -> str:
-        """Set of the event ids applied (or refused) during one time slice of ``slice_ms``, the ``index``-th."""
+        """Name of the sets of the event ids applied, superseded or refused during one time slice of
+        ``slice_ms`` (the ``index``-th): ``:<bucket>`` follows, each set holding the digests of its ids."""
         return f"{self.prefix}:seen:{slice_ms}:{index}"
 
     def partners(self) -> str:
