@@ -17,7 +17,7 @@ from factories import client_updated, partner_updated, renewal_updated
 from worker.config.settings import load_settings
 from worker.domain.events import parse_event
 from worker.service.clock import VirtualClock
-from worker.service.processes import sync_rules
+from worker.service.processes import replan_chunks, sync_rules
 from worker.service.runtime import build_runtime
 from worker.state.ledger import parse_due_member
 
@@ -53,6 +53,9 @@ def test_a_valid_rule_edit_is_picked_up_and_every_renewal_re_planned(runtime_wit
     rules.write_text(RULE.format(id="late", days=3), encoding="utf-8")
     time.sleep(0.01)  # past RULES_RELOAD_S
     assert sync_rules(rt)
+    assert planned_ids(rt) == {"early"}  # the re-plan is under way, in chunks between due claims
+    while replan_chunks(rt):
+        pass
     assert planned_ids(rt) == {"late"}
 
 

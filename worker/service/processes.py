@@ -5,17 +5,30 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 import dramatiq
 
+from ..state.replan_run import ReplanRun
 from ..state.rules_in_force import RulesRecord
 from ..state.schedule import Scheduler
 from .runtime import Runtime
 
-__all__ = ["build_scheduler", "log_start", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
+__all__ = [
+    "REPLAN_BUDGET_S",
+    "build_scheduler",
+    "log_start",
+    "plan_pending",
+    "replan_chunks",
+    "run_scheduler",
+    "run_service",
+    "sync_rules",
+]
 
 _log = logging.getLogger("worker.service")
+# How long a scheduler's tick re-plans chunks of a rule change before it claims due reminders again.
+REPLAN_BUDGET_S = 0.2
 
 
 def sync_rules(rt: Runtime) -> bool:
@@ -30,17 +43,42 @@ def sync_rules(rt: Runtime) -> bool:
     previous = rt.redis.set(rt.keys.rules_fingerprint(), rules.fingerprint, get=True)
     if previous is not None and previous.decode() == rules.fingerprint:
         return False
-    _log.info("rules %s in force: re-planning every renewal", rules.fingerprint[:12])
-    rt.planning.replan_all(rules, rt.clock.now())
+    partner_ids = rt.store.partner_ids()
+    _log.info("rules %s in force: re-planning the renewals of %d partner(s)", rules.fingerprint[:12], len(partner_ids))
+    ReplanRun(rt.redis, rt.keys).start(rules.fingerprint, partner_ids)
     return True
 
 
-def plan_pending(rt: Runtime) -> None:
-    """Each tick: pick up a rule edit, then re-plan what events marked since the last tick."""
+def replan_chunks(rt: Runtime, *, budget_s: float = REPLAN_BUDGET_S) -> bool:
+    """Re-plan chunks of the run under way until ``budget_s`` has passed; True when chunks remain.
+
+    Called between due claims, so that a re-plan of every renewal (minutes for hundreds of
+    thousands) never holds up reminders that fall due meanwhile by more than about one chunk.
+    """
+    run = ReplanRun(rt.redis, rt.keys)
+    rules = rt.rules()
+    started = time.monotonic()
+    planned = 0
+    while (chunk := run.claim(rules.fingerprint, rt.clock.now())) is not None:
+        ids = rt.store.renewal_ids_in_bucket(chunk.partner_id, chunk.bucket)
+        planned += rt.planning.replan_many(chunk.partner_id, ids, rules, rt.clock.now())
+        run.done(chunk)
+        if time.monotonic() - started >= budget_s:
+            _log.debug("re-planned %d renewal(s) of the rule change; more to come", planned)
+            return True
+    if planned:
+        _log.info("re-planned %d renewal(s): the rule change is planned", planned)
+    return False
+
+
+def plan_pending(rt: Runtime) -> bool:
+    """Each tick: pick up a rule edit, re-plan what events marked since the last tick, then a share
+    of a rule change's re-plan; True when that re-plan has more to do (the next tick comes at once)."""
     sync_rules(rt)
     count = rt.planning.flush(rt.rules(), rt.clock.now())
     if count:
         _log.info("re-planned %d renewal(s)", count)
+    return replan_chunks(rt)
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:

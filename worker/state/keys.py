@@ -99,6 +99,22 @@ class Keys:
         """Hash: count of events per apply outcome (applied, duplicate, stale, already_ended)."""
         return f"{self.prefix}:stats:events"
 
+    def replan_run(self) -> str:
+        """The fingerprint of the rules a chunked re-plan of every renewal is under way for."""
+        return f"{self.prefix}:replan:run"
+
+    def replan_partners(self) -> str:
+        """List: the partners of the re-plan under way (a snapshot taken when it started)."""
+        return f"{self.prefix}:replan:partners"
+
+    def replan_counter(self) -> str:
+        """Hash: ``next``, the next chunk of the re-plan under way to hand out."""
+        return f"{self.prefix}:replan:counter"
+
+    def replan_in_progress(self) -> str:
+        """Sorted set: chunks being re-planned, by lease expiry (epoch ms)."""
+        return f"{self.prefix}:replan:in-progress"
+
     def rules_in_force(self) -> str:
         """Hash: the fingerprint, JSON and start (epoch ms) of the rules in force, and the JSON of the
         rules before them, so that every process can tell what the last edit changed."""

@@ -369,6 +369,11 @@ class Store:
                 pipe.hkeys(self.keys.renewals_by_client_bucket(partner_id, bucket))
             return sorted(m.decode() for keys in pipe.execute() for m in keys)
 
+    def renewal_ids_in_bucket(self, partner_id: str, bucket: int) -> list[str]:
+        """Renewal ids of the clients in one of a partner's index hashes (a chunk of a re-plan)."""
+        joined = self.redis.hvals(self.keys.renewals_by_client_bucket(partner_id, bucket))
+        return sorted({rid for ids in joined for rid in ids.decode().split(SEP) if rid})
+
     def renewal_ids(self, partner_id: str, client_id: str | None = None) -> list[str]:
         """Renewal ids of a partner, or of one client (a superset: a renewal may have moved client)."""
         if client_id is not None:
