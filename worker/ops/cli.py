@@ -195,6 +195,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from .migrate import add_migrate_command
     from .waiting import add_waiting_command
 
     parser = argparse.ArgumentParser(prog="renewals", description=__doc__)
@@ -249,6 +250,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_show_client)
 
     add_waiting_command(sub)
+    add_migrate_command(sub)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the event contract")
     p.add_argument("--output", "-o", help="write to this file instead of standard output")

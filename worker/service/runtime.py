@@ -14,6 +14,7 @@ from dramatiq.middleware import CurrentMessage
 
 from ..config.settings import Settings, load_settings
 from ..state.keys import Keys
+from ..state.layout import check_layout
 from ..state.ledger import Ledger
 from ..state.planning import Planning
 from ..state.schedule import DueIndex
@@ -98,13 +99,23 @@ def _redis_client(settings: Settings) -> redis.Redis:
 
 
 def build_runtime(
-    settings: Settings | None = None, *, clock: Clock | None = None, redis_client: redis.Redis | None = None
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    redis_client: redis.Redis | None = None,
+    check_store_layout: bool = True,
 ) -> Runtime:
-    """Build a runtime and make its broker the global dramatiq broker of this process."""
+    """Build a runtime and make its broker the global dramatiq broker of this process.
+
+    A store laid out for another version of the worker stops it here (StoreLayoutError, naming
+    what to do), unless ``check_store_layout`` is off: only `renewals migrate` turns it off.
+    """
     import dramatiq
 
     settings = settings or load_settings()
     client = redis_client or _redis_client(settings)
+    if check_store_layout:
+        check_layout(client, Keys(settings.key_prefix))
     broker = RedisBroker(client=client, namespace=f"{settings.key_prefix}-queue")
     broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(CurrentMessage())

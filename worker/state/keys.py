@@ -25,6 +25,10 @@ def key_part(value: str) -> str:
 class Keys:
     prefix: str = "rw"
 
+    def layout(self) -> str:
+        """The version of the layout of everything under the prefix (absent: layout 1, or an empty store)."""
+        return f"{self.prefix}:layout"
+
     def seen(self, slice_ms: int, index: int) -> str:
         """Name of the sets of the event ids applied, superseded or refused during one time slice of
         ``slice_ms`` (the ``index``-th): ``:<bucket>`` follows, each set holding the digests of its ids."""

@@ -30,6 +30,7 @@ from .records import StoredRecord, decode_payload, encode_payload, read_record, 
 from .scripts import LuaScript, run_pipeline
 
 __all__ = [
+    "SEEN_BUCKETS",
     "ApplyOutcome",
     "ClientState",
     "DeadLetter",
@@ -56,7 +57,7 @@ M = TypeVar("M", bound=BaseModel)
 # duplicate for the whole window, not only once it stops being its record's latest (whose repeat
 # the record's own stamp also finds, for as long as it is the latest). An id is kept as a 52-bit
 # digest (two polynomial hashes modulo primes below 2**26: exact in Lua's doubles, and two ids
-# that differ in one character never collide) in one of _SEEN_BUCKETS sets per time slice, so
+# that differ in one character never collide) in one of SEEN_BUCKETS sets per time slice, so
 # that each set stays an intset: 8 bytes an id (and some 90 a set: under 1 MB for all of them),
 # where the id itself in a hashtable set costs some 90. A superseded id is remembered again in the current slice, so it
 # is known for the configured time after it was replaced. The bucket of that id is only known
@@ -138,7 +139,7 @@ return done('applied')
 # configured time and at most 1/_SEEN_SLICES longer.
 _SEEN_SLICES = 8
 # Sets per slice: each stays an intset (set-max-intset-entries, 512) up to some 500,000 ids a slice.
-_SEEN_BUCKETS = 1024
+SEEN_BUCKETS = 1024
 
 
 def event_id_digest(event_id: str) -> int:
@@ -278,7 +279,7 @@ class Store:
             indexed_client = event.data.client_id
         if mode == "set":
             payload = encode_payload(event.data)
-        bucket = event_id_digest(event.event_id) % _SEEN_BUCKETS
+        bucket = event_id_digest(event.event_id) % SEEN_BUCKETS
         seen, seen_ttl_ms = self._seen_slices(now_ms)
         keys = [record, k.dirty(), k.event_stats(), k.partners(), k.renewals_by_client(pid, indexed_client)]
         keys += [f"{key}:{bucket}" for key in seen]
@@ -294,7 +295,7 @@ class Store:
             indexed_client,
             indexed_renewal,
             seen[0],
-            _SEEN_BUCKETS,
+            SEEN_BUCKETS,
         ]
         return keys, args
 
