@@ -195,10 +195,16 @@ def _quoted_printable(text: str) -> bytes:
 
 
 def message_id_for(partner_id: str, renewal_id: str, reminder_id: str, *, domain: str) -> str:
-    """The same ``<...@domain>`` for every send of one reminder, so a resend is recognisably the same mail."""
+    """The same ``<...@domain>`` for every send of one reminder, so a resend is recognisably the same mail.
+
+    ``domain`` is MAIL_FROM's: one that cannot name a host is our configuration (ConfigError).
+    """
     key = json.dumps([partner_id, renewal_id, reminder_id], ensure_ascii=False).encode("utf-8")
     digest = hashlib.sha256(key).hexdigest()[:32]
-    host = _addr_spec(f"x@{domain}").partition("@")[2]
+    try:
+        host = _addr_spec(f"x@{domain}").partition("@")[2]
+    except ValueError as exc:
+        raise ConfigError(f"MAIL_FROM: its domain cannot name a Message-ID: {exc}") from None
     return f"<renewal.{digest}@{host}>"
 
 

@@ -181,8 +181,9 @@ async def _attempt(
         batch.finish.append((ref, outcome, token, plan_next))
         return "suppressed"
 
-    message_id = message_id_for(partner_id, renewal_id, reminder_id, domain=_from_domain(rt.settings.mail_from))
+    message_id: str | None = None
     try:
+        message_id = message_id_for(partner_id, renewal_id, reminder_id, domain=_from_domain(rt.settings.mail_from))
         rendered = rt.renderer.render(
             send.template,
             audience=send.audience,
