@@ -86,7 +86,7 @@ def build_scheduler(rt: Runtime) -> Scheduler:
         rt.due_index,
         rt.actors.enqueue_deliveries,
         rt.clock.now,
-        lease_ms=60_000,
+        lease_ms=int(rt.settings.claim_lease_s * 1000),
         on_tick=lambda: plan_pending(rt),
     )
 
