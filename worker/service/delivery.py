@@ -273,9 +273,9 @@ class _Send:
         self.rules, self.plan_next, self.last_try = rules, plan_next, last_try
         self.config_error: ConfigError | None = None
         try:
-            self.message_id: str | None = message_id_for(*ref, domain=_from_domain(rt.settings.mail_from))
+            self.message_id = message_id_for(*ref, domain=_from_domain(rt.settings.mail_from))
         except ConfigError as exc:  # a bad MAIL_FROM: raised again when the send is prepared, and retried
-            self.message_id, self.config_error = None, exc
+            self.message_id, self.config_error = "", exc
         self.started = False
         self.stopped: str | None = None
         self.sent: _Built | None = None

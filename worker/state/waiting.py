@@ -39,9 +39,10 @@ class WaitingCount:
     oldest: WaitingRenewal | None
 
 
-def _renewal(member: bytes, score: float, waits_for: str) -> WaitingRenewal:
-    partner_id, renewal_id, _ = member.decode().split(SEP)
-    return WaitingRenewal(partner_id, renewal_id, waits_for, from_epoch_ms(score))
+def _renewal(member: object, score: object, waits_for: str) -> WaitingRenewal:
+    text = member.decode() if isinstance(member, bytes) else str(member)
+    partner_id, renewal_id, _ = text.split(SEP)
+    return WaitingRenewal(partner_id, renewal_id, waits_for, from_epoch_ms(float(score)))  # type: ignore[arg-type]
 
 
 def count_waiting_renewals(client: redis.Redis, keys: Keys) -> list[WaitingCount]:
