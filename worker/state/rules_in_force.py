@@ -34,8 +34,12 @@ class RulesInForce:
         """What the planner must know of the last edit, for a process planning with ``rules``."""
         if rules.fingerprint == self.fingerprint:
             return None if self.previous is None else RuleChange(self.previous, self.since)
-        # This process already reads an edit the scheduler has not recorded yet (or still reads the
-        # rules before one): whatever differs from the recorded rules is treated as changed now.
+        if self.previous is not None and rules.fingerprint == self.previous.fingerprint:
+            # This process has yet to load the edit (within RULES_RELOAD_S): it plans as it did
+            # before the edit, rather than skip for good what the edit may have moved later.
+            return None
+        # This process already reads an edit the scheduler has not recorded yet: whatever differs
+        # from the recorded rules is treated as changed now, so nothing it put in the past goes.
         return RuleChange(self.current, now)
 
 
