@@ -132,3 +132,40 @@ def test_two_schedulers_share_a_re_plan_and_never_plan_the_same_renewals(seeded,
     assert len(everything) == len(set(everything)) == N
     assert planned_reminders(rt) == {"late": N}
     other.close()
+
+
+def test_a_partner_update_over_many_renewals_does_not_hold_up_a_due_claim(seeded):
+    rt, rules = seeded
+    rules.write_text(RULE.format(id="early", days=20), encoding="utf-8")  # back to the rules planned
+    time.sleep(0.01)
+    rt.rules()
+    # The partner takes its clients' mail, in Tokyo time: each of its N renewals is re-planned; one arrives
+    # late with a reminder due at once (deadline 2026-12-02, minus 20 days: long past, caught up).
+    partner = parse_event(partner_updated(default_owner="partner", timezone="Asia/Tokyo", at="2026-12-01T10:00:00Z"))
+    late = parse_event(
+        renewal_updated(renewal_id="due-now", client_id="c0", start_date="2027-01-16", at="2026-12-01T11:00:00Z")
+    )
+    assert rt.store.apply_many([partner, late], now=NOW) == ["applied", "applied"]
+    claims: list[tuple[str, int]] = []
+
+    def enqueue(items) -> None:
+        claims.extend((item.renewal_id, rt.redis.zcard(rt.keys.dirty())) for item in items)
+
+    scheduler = build_scheduler(rt)
+    scheduler.enqueue = enqueue
+    stop = threading.Event()
+    thread = threading.Thread(target=scheduler.run_forever, args=(stop,), kwargs={"poll_s": 0.05})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (not claims or rt.redis.zcard(rt.keys.dirty())) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert [renewal for renewal, _ in claims] == ["due-now"]
+    assert claims[0][1] > 0, "claimed only once the whole partner was re-planned"
+    assert rt.redis.zcard(rt.keys.dirty()) == 0
+    due = rt.redis.zrange(rt.keys.due(), 0, 0, withscores=True)
+    # Every renewal now planned in Tokyo time: 09:00 there is 00:00 UTC.
+    assert datetime.fromtimestamp(due[0][1] / 1000, tz=UTC).hour == 0

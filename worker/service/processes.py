@@ -75,10 +75,11 @@ def plan_pending(rt: Runtime) -> bool:
     """Each tick: pick up a rule edit, re-plan what events marked since the last tick, then a share
     of a rule change's re-plan; True when that re-plan has more to do (the next tick comes at once)."""
     sync_rules(rt)
-    count = rt.planning.flush(rt.rules(), rt.clock.now())
+    count = rt.planning.flush(rt.rules(), rt.clock.now(), budget_s=REPLAN_BUDGET_S)
     if count:
         _log.info("re-planned %d renewal(s)", count)
-    return replan_chunks(rt)
+    marks_left = bool(rt.redis.zcard(rt.keys.dirty()))
+    return replan_chunks(rt) or marks_left
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -22,13 +23,13 @@ from ..domain.events import (
 )
 from ..domain.planner import NO_CLIENT_DETAILS, NO_PARTNER_SETTINGS, Plan, plan_renewal
 from ..domain.rules import RuleSet
-from .keys import Keys
+from .keys import CLIENT_BUCKETS, Keys
 from .ledger import Outcome, due_member
 from .records import StoredRecord, decode_payload, read_record
 from .rules_in_force import RulesInForce, parse_rules_in_force
 from .schedule import epoch_ms
 from .scripts import LuaScript, run_pipeline
-from .store import ClientState, RenewalState, Store, client_state_of, parse_dirty_member, renewal_state
+from .store import ClientState, RenewalState, Store, client_state_of, dirty_member, parse_dirty_member, renewal_state
 
 __all__ = ["Planning", "RenewalView"]
 
@@ -162,33 +163,49 @@ class Planning:
         self._write_plan = LuaScript(client, _WRITE_PLAN)
         self._clear_dirty = LuaScript(client, _CLEAR_DIRTY)
 
-    def flush(self, rules: RuleSet, now: datetime, *, limit: int = 100_000) -> int:
+    def flush(self, rules: RuleSet, now: datetime, *, limit: int = 100_000, budget_s: float | None = None) -> int:
         """Re-plan what applied events marked dirty, in batches; returns how many renewals were planned.
 
         Any number of processes may flush at once: a renewal planned twice gets the same plan, and
-        a mark is only cleared if no newer event renewed it meanwhile.
+        a mark is only cleared if no newer event renewed it meanwhile. A partner's mark is first
+        split into one per index hash, and a batch stops at some _BATCH renewals, so that with
+        ``budget_s`` a flush returns after about that long (plus a batch) whatever was marked:
+        the scheduler claims due reminders between flushes.
         """
+        started = time.monotonic()
         planned = 0
         while planned < limit:
             rows = self.redis.zrange(self.keys.dirty(), 0, _BATCH - 1, withscores=True)
             if not rows:
                 break
             pairs: list[tuple[str, str]] = []
-            for member, _ in rows:
+            handled: list[tuple[bytes, float]] = []
+            for member, score in rows:
                 kind, partner_id, item_id = parse_dirty_member(member)
                 if kind == "renewal":
                     pairs.append((partner_id, item_id))
+                elif kind == "partner":
+                    marks = {dirty_member("bucket", partner_id, str(b)): score for b in range(CLIENT_BUCKETS)}
+                    self.redis.zadd(self.keys.dirty(), marks, nx=True)  # type: ignore[arg-type]
+                elif kind == "bucket":
+                    pairs.extend(
+                        (partner_id, rid) for rid in self.store.renewal_ids_in_bucket(partner_id, int(item_id))
+                    )
                 else:
-                    client_id = item_id if kind == "client" else None
-                    pairs.extend((partner_id, rid) for rid in self.store.renewal_ids(partner_id, client_id))
+                    pairs.extend((partner_id, rid) for rid in self.store.renewal_ids(partner_id, item_id))
+                handled.append((member, score))
+                if len(pairs) >= _BATCH:
+                    break
             pairs = list(dict.fromkeys(pairs))  # a renewal marked itself and through its client: planned once
             for start in range(0, len(pairs), _BATCH):
                 self._replan_batch(pairs[start : start + _BATCH], rules, now)
             planned += len(pairs)
             args: list[bytes | str] = []
-            for member, score in rows:
+            for member, score in handled:
                 args += [member, repr(score)]
             self._clear_dirty(keys=[self.keys.dirty()], args=args)
+            if budget_s is not None and time.monotonic() - started >= budget_s:
+                break
         return planned
 
     def view(self, partner_id: str, renewal_id: str) -> RenewalView:

@@ -151,11 +151,13 @@ def event_id_digest(event_id: str) -> int:
     return a * 67108864 + b
 
 
-DirtyKind = Literal["renewal", "client", "partner"]
+DirtyKind = Literal["renewal", "client", "partner", "bucket"]
 
 
 def dirty_member(kind: DirtyKind, partner_id: str, item_id: str = "") -> str:
-    """What to re-plan: one renewal, every renewal of a client, or every renewal of a partner."""
+    """What to re-plan: one renewal, every renewal of a client, every renewal of a partner, or the
+    renewals of one of a partner's index hashes (``item_id`` its number: a partner mark is split
+    into these, so that re-planning a large partner is done in parts between due claims)."""
     return SEP.join((kind, partner_id, item_id))
 
 
