@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from email.utils import getaddresses
 from pathlib import Path
@@ -130,6 +131,9 @@ class Settings(BaseSettings):
     )
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     rules_reload_s: float = Field(default=5.0, gt=0, description="How often a running process looks for rule edits.")
+    history_days: int = Field(
+        default=90, ge=1, description="Days of history (outcomes, deferrals, steering) kept in Redis."
+    )
     dead_letter_max: int = Field(default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed).")
     ingest_batch_size: int = Field(
         default=100,
@@ -231,8 +235,12 @@ def load_settings(**overrides: object) -> Settings:
     The message is one line (several problems are joined by '; '), so that a process refusing to
     start says why in the one line ops see.
     """
+    # ENV_FILE names a dotenv file (config/example.env's format) read under the environment's values.
+    env_file = os.environ.get("ENV_FILE") or None
+    if env_file is not None and not Path(env_file).is_file():
+        raise ConfigError(f"invalid setting ENV_FILE: no such file: {env_file}")
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigError("invalid setting" + ";".join(_error_line(err) for err in exc.errors())) from None
     except SettingsError as exc:

@@ -21,8 +21,10 @@ from ..domain.planner import Plan
 from ..domain.rules import RuleSet
 from ..mail.message import build_message, envelope_recipients, message_id_for
 from ..mail.transport import Envelope, SendResult
+from ..state.history import HistoryEntry
 from ..state.ledger import Outcome, ReminderRef, due_member
 from ..state.planning import RenewalView
+from ..state.suppressions import Suppression
 from .context import Context
 from .recorder import Recorder, keep_leases_alive, wait_for_redis
 
@@ -62,35 +64,42 @@ def _envelope_sender(mail_from: str) -> str:
     return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}" if domain else local
 
 
-async def deliver(rt: Context, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
+async def deliver(
+    rt: Context, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool, attempt: int = 1
+) -> str:
     """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...).
 
     Raises what a retry may fix (a deferred send, a lost connection, a busy lease).
     """
-    (result,) = await deliver_many(rt, [(partner_id, renewal_id, reminder_id)], last_try=last_try)
+    (result,) = await deliver_many(rt, [(partner_id, renewal_id, reminder_id)], last_try=last_try, attempt=attempt)
     if isinstance(result, Exception):
         raise result
     return result
 
 
-async def deliver_many(rt: Context, refs: Sequence[ReminderRef], *, last_try: bool) -> list[str | Exception]:
+async def deliver_many(
+    rt: Context, refs: Sequence[ReminderRef], *, last_try: bool, attempt: int = 1
+) -> list[str | Exception]:
     """Deliver reminders at most once each, each checked against the state as its transaction starts.
 
     The batch reads the state for all and claims the lease on each reminder to send in two round
     trips; then each send, once it has an SMTP connection in hand, reads its renewal, client and
     partner again (one round trip, which also writes the outcomes accepted meanwhile), decides and
     renders from that, and sends. Per reminder: what happened, or the exception that a retry may
-    fix (its lease is given back and its scheduler claim held until the retry).
+    fix (its lease is given back and its scheduler claim held until the retry). ``attempt`` (1 for
+    the first try) goes into the history with each outcome and deferral.
     """
     now = rt.clock.now()
     rules = rt.rules()
     views = rt.planning.views([(pid, rid) for pid, rid, _ in refs])
     results: list[str | Exception] = [""] * len(refs)
-    recorder = Recorder(rt.ledger)
+    recorder = Recorder(rt.ledger, attempt=attempt)
     sends: list[tuple[int, Send, str, bool]] = []
     replan: list[tuple[str, str]] = []
     for i, (ref, view) in enumerate(zip(refs, views, strict=True)):
         partner_id, renewal_id, reminder_id = ref
+        if view.renewal.renewal is not None:
+            recorder.clients[ref] = view.renewal.renewal.client_id
         if reminder_id in view.outcomes:
             recorder.add(release=[due_member(*ref)])
             results[i] = "already_final"
@@ -300,7 +309,7 @@ class _Send:
             _log.error("%s/%s/%s cannot be built: %s", partner_id, renewal_id, reminder_id, exc)
             return "failed"
         except PermanentSendError as exc:
-            recorder.add(suppress=exc.recipients)
+            recorder.add(suppress=self._refused(dict.fromkeys(exc.recipients, str(exc))))
             self._finish(
                 recorder,
                 Outcome("failed", rt.clock.now(), reason="refused", message_id=self.message_id, reply=str(exc)),
@@ -313,6 +322,7 @@ class _Send:
             self._not_started(recorder)
             self._give_back(keep_claim=not self.last_try or isinstance(exc, redis.RedisError))
             if not self.last_try or isinstance(exc, redis.RedisError):
+                recorder.add(history=[self._deferral(recorder, exc)])
                 return exc
             self._finish(
                 recorder,
@@ -332,6 +342,32 @@ class _Send:
         if result is None:
             return self.stopped or "stopped"
         return "sent"
+
+    def _refused(self, replies: dict[str, str]) -> list[Suppression]:
+        """Recipients the server refused for good (5xx): suppressed with its reply and this reminder, and logged."""
+        if not replies:
+            return []
+        source, now = "/".join(self.ref), self.rt.clock.now()
+        _log.warning(
+            "reminder %s: refused and now suppressed: %s", source, "; ".join(f"{a} ({r})" for a, r in replies.items())
+        )
+        return [Suppression(a, now, "refused by the mail server", reply=r, source=source) for a, r in replies.items()]
+
+    def _deferral(self, recorder: Recorder, exc: Exception) -> HistoryEntry:
+        partner_id, renewal_id, reminder_id = self.ref
+        return HistoryEntry(
+            "deferral",
+            self.rt.clock.now(),
+            "deferred",
+            partner=partner_id,
+            client=self.client_id,
+            renewal=renewal_id,
+            reminder=reminder_id,
+            reason=type(exc).__name__,
+            message_id=self.message_id,
+            reply=str(exc),
+            attempt=recorder.attempt,
+        )
 
     def _not_started(self, recorder: Recorder) -> None:
         if not self.started:
@@ -439,4 +475,4 @@ class _Send:
         outcome = Outcome(
             "sent", now, message_id=self.message_id, to=sent.to, cc=sent.cc, reply=result.reply, extra=extra
         )
-        recorder.accepted((self.ref, outcome, self.token, self.plan_next), suppress=list(result.refused))
+        recorder.accepted((self.ref, outcome, self.token, self.plan_next), suppress=self._refused(dict(result.refused)))

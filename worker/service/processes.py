@@ -7,12 +7,17 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import cast
 
 import dramatiq
+import redis
 
+from ..state.digests import DigestState
 from ..state.replan_run import ReplanRun
-from ..state.rules_in_force import RulesRecord
+from ..state.rule_change import RulesRecord
+from ..state.rules_in_force import StoredRules, publish_rules
 from ..state.schedule import Scheduler
+from .digests import DigestScheduler
 from .runtime import Runtime
 
 __all__ = [
@@ -36,13 +41,17 @@ def sync_rules(rt: Runtime) -> bool:
 
     The fingerprint in Redis is swapped atomically (SET ... GET), so of many schedulers seeing the
     same edit, one re-plans. The rules are recorded first with the ones they replace, so that the
-    re-plan, and every delivery, can tell which reminders the edit added or moved into the past.
+    re-plan, and every delivery, can tell which reminders the edit added or moved into the past;
+    their text goes to Redis too, for the CLI's views. The re-plan itself is done in chunks
+    between due claims (``replan_chunks``).
     """
     rules = rt.rules()
     RulesRecord(rt.redis, rt.keys).record(rules, rt.clock.now())
     previous = rt.redis.set(rt.keys.rules_fingerprint(), rules.fingerprint, get=True)
     if previous is not None and previous.decode() == rules.fingerprint:
+        _publish_rules(rt)
         return False
+    _publish_rules(rt)
     partner_ids = rt.store.partner_ids()
     _log.info("rules %s in force: re-planning the renewals of %d partner(s)", rules.fingerprint[:12], len(partner_ids))
     ReplanRun(rt.redis, rt.keys).start(rules.fingerprint, partner_ids)
@@ -71,6 +80,16 @@ def replan_chunks(rt: Runtime, *, budget_s: float = REPLAN_BUDGET_S) -> bool:
     return False
 
 
+def _publish_rules(rt: Runtime) -> None:
+    """Keep the text of the rules in force in Redis (written only when what is there differs)."""
+    rules = rt.rules()
+    stored = cast(bytes | None, rt.redis.hget(rt.keys.rules_in_force(), "fingerprint"))
+    if stored is not None and stored.decode() == rules.fingerprint:
+        return
+    text = rt.rules_watcher.text
+    publish_rules(rt.redis, rt.keys, StoredRules(text, rules.fingerprint, str(rt.settings.rules_path), rt.clock.now()))
+
+
 def plan_pending(rt: Runtime) -> bool:
     """Each tick: pick up a rule edit, re-plan what events marked since the last tick, then a share
     of a rule change's re-plan; True when that re-plan has more to do (the next tick comes at once)."""
@@ -83,12 +102,25 @@ def plan_pending(rt: Runtime) -> bool:
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:
+    digests = DigestScheduler(DigestState(rt.store), rt.rules, rt.actors.enqueue_digest)
+
+    def tick() -> bool:
+        busy = plan_pending(rt)
+        try:
+            digests.maybe_run(rt.clock.now())
+        except redis.ConnectionError:
+            raise
+        except Exception:
+            # A digest is a convenience: a fault in finding who is due must never hold up reminders.
+            _log.exception("looking for partners due a digest failed; reminders go on")
+        return busy
+
     return Scheduler(
         rt.due_index,
         rt.actors.enqueue_deliveries,
         rt.clock.now,
         lease_ms=int(rt.settings.claim_lease_s * 1000),
-        on_tick=lambda: plan_pending(rt),
+        on_tick=tick,
     )
 
 

@@ -16,7 +16,9 @@ from typing import TypeVar
 
 import redis
 
+from ..state.history import HistoryEntry
 from ..state.ledger import Ledger, Outcome, ReminderRef
+from ..state.suppressions import Suppression
 
 __all__ = ["FinishItem", "Pending", "Recorder", "keep_leases_alive", "wait_for_redis"]
 
@@ -32,8 +34,9 @@ class Pending:
     """A copy of what a recorder had to write at one moment."""
 
     items: list[FinishItem]
-    suppress: list[str]
+    suppress: list[str | Suppression]
     release: list[str | bytes]
+    history: list[HistoryEntry]
 
 
 class Recorder:
@@ -44,26 +47,38 @@ class Recorder:
     one has, its read carries what is pending, one round trip for both.
     """
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, attempt: int = 1) -> None:
         self._ledger = ledger
         self._items: list[FinishItem] = []
-        self._suppress: list[str] = []
+        self._suppress: list[str | Suppression] = []
         self._release: list[str | bytes] = []
+        self._history: list[HistoryEntry] = []
         self.waiting = 0
+        # For the history: the delivery's try (1 for the first) and each reminder's client.
+        self.attempt = attempt
+        self.clients: dict[ReminderRef, str] = {}
 
     @property
     def pending(self) -> int:
-        return len(self._items) + len(self._suppress) + len(self._release)
+        return len(self._items) + len(self._suppress) + len(self._release) + len(self._history)
 
     def add(
-        self, item: FinishItem | None = None, *, suppress: Sequence[str] = (), release: Sequence[str | bytes] = ()
+        self,
+        item: FinishItem | None = None,
+        *,
+        suppress: Sequence[str | Suppression] = (),
+        release: Sequence[str | bytes] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> None:
+        """Pending writes; each outcome also goes to the history, with ``history``'s other entries (deferrals)."""
         if item is not None:
             self._items.append(item)
+            self._history.append(_history_entry(item, self.clients.get(item[0], ""), self.attempt))
         self._suppress.extend(suppress)
         self._release.extend(release)
+        self._history.extend(history)
 
-    def accepted(self, item: FinishItem, *, suppress: Sequence[str] = ()) -> None:
+    def accepted(self, item: FinishItem, *, suppress: Sequence[str | Suppression] = ()) -> None:
         """A message the server accepted: written now, unless a pre-send read is about to carry it."""
         self.add(item, suppress=suppress)
         if self.waiting == 0:
@@ -71,17 +86,20 @@ class Recorder:
 
     def take(self) -> Pending:
         """What is pending now, to be written by ``queue`` (in any thread) and then dropped by ``done``."""
-        return Pending(list(self._items), list(self._suppress), list(self._release))
+        return Pending(list(self._items), list(self._suppress), list(self._release), list(self._history))
 
     def queue(self, pipe: redis.client.Pipeline, pending: Pending) -> int:
         """Queue ``pending`` into ``pipe``; returns how many replies that adds."""
-        return self._ledger.queue_finish(pipe, pending.items, suppress=pending.suppress, release=pending.release)
+        return self._ledger.queue_finish(
+            pipe, pending.items, suppress=pending.suppress, release=pending.release, history=pending.history
+        )
 
     def done(self, pending: Pending) -> None:
         """``pending`` is in Redis: drop it (by identity: more may have come, or been written, since)."""
         self._items[:] = _without(self._items, pending.items)
         self._suppress[:] = _without(self._suppress, pending.suppress)
         self._release[:] = _without(self._release, pending.release)
+        self._history[:] = _without(self._history, pending.history)
 
     def write_now(self) -> bool:
         """Write what is pending in one round trip; False (and kept) when Redis did not answer."""
@@ -89,7 +107,9 @@ class Recorder:
             return True
         pending = self.take()
         try:
-            self._ledger.finish_many(pending.items, suppress=pending.suppress, release=pending.release)
+            self._ledger.finish_many(
+                pending.items, suppress=pending.suppress, release=pending.release, history=pending.history
+            )
         except redis.RedisError as exc:
             _log.warning(
                 "Redis unavailable, %d outcome(s) kept in memory until it is back: %s", len(pending.items), exc
@@ -110,6 +130,32 @@ class Recorder:
             wait_s,
             len(self._items),
         )
+
+
+def _history_entry(item: FinishItem, client_id: str, attempt: int) -> HistoryEntry:
+    """The history's line for an outcome: the ledger's record, with who was left out and why in ``reason``."""
+    (partner_id, renewal_id, reminder_id), outcome, _, _ = item
+    notes = [outcome.reason] if outcome.reason else []
+    if outcome.extra.get("refused"):
+        notes.append("refused: " + ", ".join(outcome.extra["refused"]))
+    left_out = outcome.extra.get("suppressed") or outcome.extra.get("addresses")
+    if left_out:
+        notes.append("suppressed: " + ", ".join(left_out))
+    return HistoryEntry(
+        "outcome",
+        outcome.at,
+        outcome.kind,
+        partner=partner_id,
+        client=client_id,
+        renewal=renewal_id,
+        reminder=reminder_id,
+        reason="; ".join(notes),
+        to=outcome.to,
+        cc=outcome.cc,
+        message_id=outcome.message_id or "",
+        reply=outcome.reply or "",
+        attempt=attempt,
+    )
 
 
 def _without(items: list[_T], written: list[_T]) -> list[_T]:

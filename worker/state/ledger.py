@@ -11,9 +11,11 @@ from typing import Any, Literal
 
 import redis
 
+from .history import History, HistoryEntry
 from .keys import SEP, Keys
 from .scripts import LuaScript, run_pipeline
 from .store import dirty_member
+from .suppressions import Suppression, Suppressions
 
 __all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "ReminderRef", "due_member", "parse_due_member"]
 
@@ -106,10 +108,12 @@ return 0
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, keys: Keys, *, lease_ms: int = 300_000) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, lease_ms: int = 300_000, history_days: int = 90) -> None:
         self.redis = client
         self.keys = keys
         self.lease_ms = lease_ms
+        self.history = History(client, keys, days=history_days)
+        self.suppressions = Suppressions(client, keys)
         self._claim = LuaScript(client, _CLAIM)
         self._finish = LuaScript(client, _FINISH)
         self._release = LuaScript(client, _RELEASE)
@@ -180,17 +184,21 @@ class Ledger:
         self,
         items: Sequence[tuple[ReminderRef, Outcome, str, bool]],
         *,
-        suppress: Sequence[str] = (),
+        suppress: Sequence[str | Suppression] = (),
         release: Sequence[str | bytes] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> list[bool]:
         """``finish`` many reminders (ref, outcome, lease token, plan_next) in one round trip, with the
-        addresses to suppress and the scheduler claims to release (reminders already final or handed
-        back to planning)."""
-        if not (items or suppress or release):
+        addresses to suppress (with why, when given as Suppression), the scheduler claims to release
+        (reminders already final or handed back to planning) and the history entries to append."""
+        if not (items or suppress or release or history):
             return []
-        # Re-run whole on NOSCRIPT: HSETNX of an outcome, SADD and ZREM are all idempotent.
+        # Re-run whole on NOSCRIPT: HSETNX of an outcome, SADD and ZREM are all idempotent; a history
+        # entry would be written twice (only after Redis forgot the scripts: a restart or a flush).
         replies = run_pipeline(
-            self.redis, lambda pipe: self.queue_finish(pipe, items, suppress=suppress, release=release), [self._finish]
+            self.redis,
+            lambda pipe: self.queue_finish(pipe, items, suppress=suppress, release=release, history=history),
+            [self._finish],
         )
         return [bool(written) for written in replies[: len(items)]]
 
@@ -199,8 +207,9 @@ class Ledger:
         pipe: redis.client.Pipeline,
         items: Sequence[tuple[ReminderRef, Outcome, str, bool]],
         *,
-        suppress: Sequence[str] = (),
+        suppress: Sequence[str | Suppression] = (),
         release: Sequence[str | bytes] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> int:
         """Queue what ``finish_many`` writes into ``pipe`` (so a read can share its round trip).
 
@@ -214,11 +223,17 @@ class Ledger:
             score = int(outcome.at.timestamp() * 1000)
             args = [rem, token, outcome.to_json(), due_member(pid, rid, rem), mark, score]
             self._finish.queue(pipe, keys=keys, args=args)
-        if suppress:
-            pipe.sadd(k.suppressed(), *[e.casefold() for e in suppress])
+        plain = [e for e in suppress if isinstance(e, str)]
+        if plain:
+            pipe.sadd(k.suppressed(), *[e.casefold() for e in plain])
+        count = (
+            len(items)
+            + bool(plain)
+            + self.suppressions.queue_add(pipe, [e for e in suppress if not isinstance(e, str)])
+        )
         if release:
             pipe.zrem(k.claimed(), *release)
-        return len(items) + bool(suppress) + bool(release)
+        return count + bool(release) + self.history.queue(pipe, history)
 
     @property
     def finish_script(self) -> LuaScript:

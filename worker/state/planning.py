@@ -26,7 +26,7 @@ from ..domain.rules import RuleSet
 from .keys import CLIENT_BUCKETS, Keys
 from .ledger import Outcome, due_member
 from .records import StoredRecord, decode_payload, read_record
-from .rules_in_force import RulesInForce, parse_rules_in_force
+from .rule_change import RulesInForce, parse_rules_in_force
 from .schedule import epoch_ms
 from .scripts import LuaScript, run_pipeline
 from .store import ClientState, RenewalState, Store, client_state_of, dirty_member, parse_dirty_member, renewal_state
@@ -236,7 +236,7 @@ class Planning:
                 pipe.get(k.client(partner_id, client_id))
                 pipe.get(k.owner(partner_id, client_id))
                 pipe.get(k.ended(partner_id, client_id))
-            pipe.hgetall(k.rules_in_force())
+            pipe.hgetall(k.rules_change())
 
         replies = run_pipeline(self.redis, build, scripts)
         head, rest = replies[: counted[0]], replies[counted[0] : -1]
@@ -282,7 +282,7 @@ class Planning:
                 pipe.hgetall(k.ledger(pid, rid))
             for pid in partner_ids:
                 pipe.get(k.partner(pid))
-            pipe.hgetall(k.rules_in_force())
+            pipe.hgetall(k.rules_change())
             first = pipe.execute()
         rules_in_force = parse_rules_in_force(first[-1])
         partners = {}

@@ -10,18 +10,19 @@ nothing. A string costs far less than a hash here: one value longer than
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from ..domain.events import TRUSTED, ClientData, OwnerData, PartnerData, RenewalData
 from .keys import SEP
 
-__all__ = ["StoredRecord", "decode_payload", "encode_payload", "read_record", "ts_text"]
+__all__ = ["StoredRecord", "decode_payload", "encode_payload", "payload_fields", "read_record", "ts_text"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -114,3 +115,16 @@ def decode_payload(cls: type[M], payload: bytes) -> M | None:
     if not inflate.eof or inflate.unused_data:
         raise ValueError(f"corrupt stored {cls.__name__}: truncated or trailing bytes")
     return cls.model_validate_json(text, context=TRUSTED)
+
+
+def payload_fields(cls: type[BaseModel], payload: bytes) -> dict[str, Any]:
+    """The JSON fields of a payload without building the model (a fifth of the cost): for a scan of many
+    records that builds models only of the few it keeps."""
+    if not payload:
+        return {}
+    inflate = zlib.decompressobj(_WBITS, _DICTIONARIES_1[cls])
+    try:
+        fields: dict[str, Any] = json.loads(inflate.decompress(payload) + inflate.flush())
+    except (zlib.error, ValueError) as exc:
+        raise ValueError(f"corrupt stored {cls.__name__}: {exc}") from None
+    return fields

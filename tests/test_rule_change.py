@@ -8,7 +8,7 @@ from test_planner import DEFAULT
 from test_planner_rule_change import SECOND_LATER_BY_A_DAY, WITH_DAY_29
 
 from worker.state.keys import Keys
-from worker.state.rules_in_force import RulesRecord
+from worker.state.rule_change import RulesRecord
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
