@@ -12,7 +12,7 @@ from factories import client_updated, partner_updated, renewal_updated
 from worker.config.settings import load_settings
 from worker.domain.events import parse_event
 from worker.service.clock import VirtualClock
-from worker.service.processes import build_scheduler, replan_chunks, sync_rules
+from worker.service.processes import build_scheduler, replan_chunks, run_scheduler_loop, sync_rules
 from worker.service.runtime import Runtime, build_runtime
 from worker.state.ledger import parse_due_member
 from worker.state.replan_run import ReplanRun
@@ -27,7 +27,9 @@ RULE = (
 
 
 def make_runtime(redis_url: str, rules_path) -> Runtime:
-    settings = load_settings(redis_url=redis_url, key_prefix="rc", rules_path=rules_path, rules_reload_s=0.001)
+    settings = load_settings(
+        redis_url=redis_url, key_prefix="rc", rules_path=rules_path, rules_reload_s=0.001, scheduler_poll_s=0.05
+    )
     return build_runtime(settings, clock=VirtualClock(NOW))
 
 
@@ -82,7 +84,7 @@ def test_a_due_reminder_is_claimed_while_a_rule_change_is_still_being_re_planned
     scheduler.enqueue = enqueue
     stop = threading.Event()
     started = time.monotonic()
-    thread = threading.Thread(target=scheduler.run_forever, args=(stop,), kwargs={"poll_s": 0.05})
+    thread = threading.Thread(target=run_scheduler_loop, args=(rt, scheduler, stop))
     thread.start()
     try:
         deadline = time.monotonic() + 60
@@ -154,7 +156,7 @@ def test_a_partner_update_over_many_renewals_does_not_hold_up_a_due_claim(seeded
     scheduler = build_scheduler(rt)
     scheduler.enqueue = enqueue
     stop = threading.Event()
-    thread = threading.Thread(target=scheduler.run_forever, args=(stop,), kwargs={"poll_s": 0.05})
+    thread = threading.Thread(target=run_scheduler_loop, args=(rt, scheduler, stop))
     thread.start()
     try:
         deadline = time.monotonic() + 60
