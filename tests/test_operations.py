@@ -31,6 +31,7 @@ from worker.service.runtime import build_runtime
 from worker.service.telemetry import InstrumentedMailer, metrics, outcome_of
 from worker.state.alarms import OutcomeCounts, SmtpAlarm
 from worker.state.heartbeat import Heartbeats
+from worker.state.replan_run import ReplanRun
 from worker.state.schedule import epoch_ms
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -322,10 +323,13 @@ def test_a_stale_scheduler_tick_and_an_smtp_alarm_make_the_service_unhealthy(run
     ]
     healthy = replace(status, smtp_alarm=None, processes=[replace(status.processes[0], info={}), status.processes[1]])
     assert health_problems(healthy, max_tick_age_s=60, max_overdue_s=600) == []
-    # A re-plan of every renewal runs inside one tick: a long tick then is no reason to restart the scheduler.
-    replanning = replace(status, smtp_alarm=None, replan_running={"since": NOW.isoformat(), "by": "scheduler:h:1"})
+    # A rule change's re-plan under way makes ticks long: no reason to restart the scheduler.
+    ReplanRun(runtime.redis, runtime.keys).start("f" * 64, ["p1", "p2"])
+    replanning = replace(gather_status(runtime), smtp_alarm=None)
     assert health_problems(replanning, max_tick_age_s=60, max_overdue_s=600) == []
-    assert "re-planning every renewal since 2026-12-04 12:00:00 UTC" in render_status(replanning, [])
+    assert "re-planning for rules ffffffffffff: 0 of 512 chunk(s) handed out, 0 in progress" in render_status(
+        replanning, []
+    )
 
 
 def test_a_dead_lettered_event_is_logged_with_its_event_id_and_partner(runtime, caplog):

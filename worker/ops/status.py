@@ -21,6 +21,7 @@ from ..state.overview import (
     renewals_waiting_for_client,
     state_counts,
 )
+from ..state.replan_run import ReplanProgress, ReplanRun
 
 if TYPE_CHECKING:
     from ..service.runtime import Runtime
@@ -39,7 +40,7 @@ class Status:
     key_prefix: str
     processes: list[Heartbeat]
     rules_fingerprint: str | None
-    replan_running: dict[str, Any] | None
+    replan: ReplanProgress | None  # a rule change's re-plan under way, or None
     due: DueOverview
     outcomes_24h: dict[str, int]
     queues: list[QueueDepth]
@@ -59,7 +60,10 @@ def gather_status(rt: Runtime, *, count_waiting: bool = True) -> Status:
     probe (`--check`) leaves out."""
     now = rt.clock.now()
     fingerprint = rt.redis.get(rt.keys.rules_fingerprint())
-    replan = rt.redis.get(rt.keys.replan_running())
+    progress = ReplanRun(rt.redis, rt.keys).progress()
+    under_way = progress.rules_fingerprint is not None and (
+        progress.handed_out < progress.total or progress.in_progress > 0
+    )
     waiting: dict[str, int] = {}
     if count_waiting:
         # Renewals waiting for missing data, by what they wait for; each kind is one entry here.
@@ -70,7 +74,7 @@ def gather_status(rt: Runtime, *, count_waiting: bool = True) -> Status:
         key_prefix=rt.settings.key_prefix,
         processes=Heartbeats(rt.redis, rt.keys).alive(),
         rules_fingerprint=fingerprint.decode() if fingerprint else None,
-        replan_running=json.loads(replan) if replan else None,
+        replan=progress if under_way else None,
         due=due_overview(rt.redis, rt.keys, now),
         outcomes_24h=OutcomeCounts(rt.redis, rt.keys).last_day(now=now),
         queues=queue_depths(rt.redis, rt.broker.namespace, _QUEUES),
@@ -94,8 +98,8 @@ def health_problems(status: Status, *, max_tick_age_s: float, max_overdue_s: flo
     else:
         newest = max(_last_tick(s) for s in schedulers)
         age_s = (status.now - newest).total_seconds()
-        # A re-plan of every renewal (after a rule change) runs inside one tick and may take minutes.
-        if age_s > max_tick_age_s and status.replan_running is None:
+        # While a rule change's re-plan is under way, ticks may run long.
+        if age_s > max_tick_age_s and status.replan is None:
             ago = describe_duration(status.now - newest)
             problems.append(f"no scheduler tick for {ago} (HEALTH_MAX_TICK_AGE_S={max_tick_age_s:g})")
     if not status.workers():
@@ -139,9 +143,11 @@ def render_status(status: Status, problems: list[str]) -> str:
         f"{path}, in force since {_when(datetime.fromisoformat(at), now)}" for path, at in sources if at != "None"
     )
     lines.append(f"rules in force: {rules}" + (f" ({where})" if where else ""))
-    if status.replan_running:
-        since = datetime.fromisoformat(status.replan_running["since"])
-        lines.append(f"  re-planning every renewal since {_when(since, now)} by {status.replan_running.get('by')}")
+    if status.replan is not None:
+        r = status.replan
+        fingerprint = (r.rules_fingerprint or "?")[:12]
+        chunks = f"{r.handed_out} of {r.total} chunk(s) handed out, {r.in_progress} in progress"
+        lines.append(f"  re-planning for rules {fingerprint}: {chunks}")
     due = status.due
     lines.append(
         f"due index: {due.planned} planned; overdue {due.overdue} (oldest {_when(due.oldest_overdue_at, now)}); "

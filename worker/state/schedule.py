@@ -150,9 +150,10 @@ class Scheduler:
         while not stop.is_set():
             started = time.perf_counter()
             ok = False
+            busy = False
             try:
-                if self.on_tick is not None:
-                    self.on_tick()
+                # A tick that reports more work (a re-plan in chunks) is followed at once by the next.
+                busy = bool(self.on_tick()) if self.on_tick is not None else False
                 count = self.run_once()
                 ok = True
                 if count:
@@ -164,5 +165,5 @@ class Scheduler:
                     self.after_tick(time.perf_counter() - started, ok)
                 except redis.ConnectionError as exc:
                     _log.warning("Redis unavailable, heartbeat not written: %s", exc)
-            stop.wait(poll_s)
+            stop.wait(0 if busy else poll_s)
         _log.info("scheduler stopped")
