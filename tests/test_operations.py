@@ -288,15 +288,17 @@ def test_status_shows_overdue_reminders_waiting_renewals_outcomes_and_why_the_se
         client_updated(),
         renewal_updated(start_date=start),  # its first notice is caught up: due now
         renewal_updated(renewal_id="r-orphan", client_id="c-unknown", start_date=start),
+        client_updated(partner_id="p-new"),
+        renewal_updated(partner_id="p-new", renewal_id="r-np", start_date=start),  # no partner.updated yet
     )
     runtime.clock.advance_to(NOW + timedelta(minutes=30))
     OutcomeCounts(runtime.redis, runtime.keys).add(["sent", "sent", "failed"], now=runtime.clock.now())
     status = gather_status(runtime)
     assert status.due.overdue == 1
     assert status.due.oldest_overdue_s(status.now) == pytest.approx(30 * 60, abs=1)
-    assert status.waiting == {"client": 1}
+    assert status.waiting == {"client": 1, "partner": 1}
     assert status.outcomes_24h == {"failed": 1, "sent": 2}
-    assert status.counts.events["applied"] == 4
+    assert status.counts.events["applied"] == 6
     problems = health_problems(status, max_tick_age_s=60, max_overdue_s=600)
     assert problems == [
         "no scheduler is running (no scheduler heartbeat)",
@@ -305,7 +307,10 @@ def test_status_shows_overdue_reminders_waiting_renewals_outcomes_and_why_the_se
     ]
     text = render_status(status, problems)
     assert "overdue 1 (oldest 2026-12-04 12:00:00 UTC (30 min ago))" in text
-    assert "waiting for missing data: 1 renewal(s) wait for their client's details" in text
+    waiting = (
+        "waiting for missing data: 1 renewal(s) wait for their client's details; 1 renewal(s) wait for their partner's"
+    )
+    assert waiting in text
     assert "last 24 h: failed 1, sent 2" in text
     assert text.endswith("  1 reminder(s) overdue, the oldest for 30 min (HEALTH_MAX_OVERDUE_S=600)")
 

@@ -18,10 +18,10 @@ from ..state.overview import (
     StateCounts,
     due_overview,
     queue_depths,
-    renewals_waiting_for_client,
     state_counts,
 )
 from ..state.replan_run import ReplanProgress, ReplanRun
+from ..state.waiting import count_waiting_renewals
 
 if TYPE_CHECKING:
     from ..service.runtime import Runtime
@@ -55,19 +55,16 @@ class Status:
         return [p for p in self.processes if p.role == "worker"]
 
 
-def gather_status(rt: Runtime, *, count_waiting: bool = True) -> Status:
-    """Read the status; ``count_waiting`` walks every partner's clients (seconds on millions), which a
-    probe (`--check`) leaves out."""
+def gather_status(rt: Runtime) -> Status:
+    """Read the status from Redis: a few pipelined round trips, whatever the size of the state."""
     now = rt.clock.now()
     fingerprint = rt.redis.get(rt.keys.rules_fingerprint())
     progress = ReplanRun(rt.redis, rt.keys).progress()
     under_way = progress.rules_fingerprint is not None and (
         progress.handed_out < progress.total or progress.in_progress > 0
     )
-    waiting: dict[str, int] = {}
-    if count_waiting:
-        # Renewals waiting for missing data, by what they wait for; each kind is one entry here.
-        waiting["client"] = renewals_waiting_for_client(rt.redis, rt.keys, rt.store.partner_ids())
+    # Renewals waiting for missing data, by what they wait for (client, partner).
+    waiting = {count.waits_for: count.count for count in count_waiting_renewals(rt.redis, rt.keys)}
     return Status(
         now=now,
         redis=rt.settings.redis_url_redacted,
@@ -195,7 +192,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if rt.settings.embedded:
         print("error: REDIS_URL is not set: status reads the Redis a deployment's processes share", file=sys.stderr)
         return 2
-    status = gather_status(rt, count_waiting=not (args.check and not args.json))
+    status = gather_status(rt)
     settings = rt.settings
     problems = health_problems(
         status, max_tick_age_s=settings.health_max_tick_age_s, max_overdue_s=settings.health_max_overdue_s

@@ -8,8 +8,7 @@ from datetime import datetime, timedelta
 
 import redis
 
-from .keys import CLIENT_BUCKETS, SEP, Keys
-from .records import read_record
+from .keys import Keys
 from .schedule import epoch_ms, from_epoch_ms
 
 __all__ = [
@@ -18,7 +17,6 @@ __all__ = [
     "StateCounts",
     "due_overview",
     "queue_depths",
-    "renewals_waiting_for_client",
     "state_counts",
 ]
 
@@ -114,29 +112,3 @@ def state_counts(client: redis.Redis, keys: Keys) -> StateCounts:
         suppressed=int(suppressed),
         replan_pending=int(dirty),
     )
-
-
-def renewals_waiting_for_client(client: redis.Redis, keys: Keys, partner_ids: Sequence[str]) -> int:
-    """Renewals that name a client of whom no ``client.updated`` came yet (nothing is planned for them).
-
-    Read from the index of renewals by client: one pipelined EXISTS per client, then the candidate
-    renewals themselves, so a removed one is not counted.
-    """
-    candidates: list[tuple[str, str]] = []
-    for partner_id in partner_ids:
-        with client.pipeline(transaction=False) as pipe:
-            for bucket in range(CLIENT_BUCKETS):
-                pipe.hgetall(keys.renewals_by_client_bucket(partner_id, bucket))
-            index = {cid.decode(): ids.decode() for reply in pipe.execute() for cid, ids in reply.items()}
-        client_ids = sorted(index)
-        with client.pipeline(transaction=False) as pipe:
-            for client_id in client_ids:
-                pipe.exists(keys.client(partner_id, client_id))
-            known = pipe.execute()
-        for client_id, exists in zip(client_ids, known, strict=True):
-            if not exists:
-                candidates += [(partner_id, rid) for rid in index[client_id].split(SEP) if rid]
-    if not candidates:
-        return 0
-    records = [read_record(raw) for raw in client.mget([keys.renewal(pid, rid) for pid, rid in candidates])]
-    return sum(1 for record in records if record is not None and not record.removed)
