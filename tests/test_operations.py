@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
+import socket
 import time
 import urllib.request
 from dataclasses import replace
@@ -150,13 +152,23 @@ def test_the_multiprocess_folder_of_a_new_cli_is_emptied_and_folders_of_dead_cli
     assert (mine / "counter_456.db").exists()
 
 
+def _free_port_pair() -> int:
+    """A port below the ephemeral range (where client connections take theirs) free with the next one."""
+    for _ in range(200):
+        port = random.randint(10_000, 30_000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free ports")
+
+
 def test_processes_on_one_host_take_consecutive_ports_on_loopback_and_serve_parsable_metrics():
     metrics().reminders.labels("sent", "").inc(0)
-    settings = load_settings(metrics_port=0)
-    probe = serve_metrics(settings, REGISTRY)
-    assert probe is not None
-    port = int(probe.url.rsplit(":", 1)[1].split("/")[0])
-    probe.close()
+    port = _free_port_pair()
     settings = load_settings(metrics_port=port, metrics_port_tries=3)
     first, second = serve_metrics(settings, REGISTRY), serve_metrics(settings, REGISTRY)
     try:
