@@ -148,6 +148,44 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rules_diff(args: argparse.Namespace) -> int:
+    from ..config.rulefile import load_rules
+    from ..config.settings import load_settings
+    from ..mail.render import Renderer
+    from .rulediff import diff_events_file, diff_json, diff_store, format_diff
+
+    if args.at is not None and args.events is None:
+        raise argparse.ArgumentTypeError("--at goes with --events")
+    settings = load_settings()
+    known = Renderer(settings.templates_dir).template_names()
+    old_path = Path(args.rules) if args.rules else settings.rules_path
+    old = load_rules(old_path, known_templates=known)
+    new = load_rules(Path(args.new), known_templates=known)
+    refused: list[str] = []
+    if args.events is not None:
+        now = args.at or datetime.now(UTC)
+        diff, refused = diff_events_file(Path(args.events), old, new, at=now, sample_size=args.samples)
+    else:
+        rt = _inspection_runtime()
+        now = rt.clock.now()
+        diff = diff_store(rt.planning, old, new, now=now, sample_size=args.samples)
+    if args.json:
+        print(diff_json(diff, old=str(old_path), new=args.new, now=now, refused=refused))
+    else:
+        for line in refused:
+            print(f"refused: {line}", file=sys.stderr)
+        print(format_diff(diff, old=str(old_path), new=args.new, now=now))
+    immediate = diff.total("immediate")
+    if args.max_immediate is not None and immediate > args.max_immediate:
+        limit = args.max_immediate
+        print(
+            f"{immediate} reminder(s) would go out at once when deployed, over --max-immediate {limit}",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .inspect import describe_plan
 
@@ -230,6 +268,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p = rules.add_parser("check", help="validate a rule file (and the templates it names); exit 1 on any problem")
     p.add_argument("path", nargs="?", help="rule file (default: RULES_PATH)")
     p.set_defaults(handler=_cmd_rules_check)
+
+    p = rules.add_parser("diff", help="what a candidate rule file would add, move, remove or send at once")
+    p.add_argument("new", metavar="NEW.yaml", help="the candidate rule file")
+    p.add_argument("--rules", help="the rules in force (default: RULES_PATH)")
+    p.add_argument("--events", help="diff over the renewals of this JSON Lines file instead of the stored ones")
+    p.add_argument("--at", type=_timestamp, help="with --events: the moment to diff at (default: now)")
+    p.add_argument("--json", action="store_true", help="the whole result as JSON")
+    p.add_argument("--samples", type=int, default=5, help="changes shown of each kind (default 5)")
+    p.add_argument("--max-immediate", type=int, help="exit 2 when more than N reminders would go out at once")
+    p.set_defaults(handler=_cmd_rules_diff)
 
     p = sub.add_parser("enqueue", help="validate a JSON Lines file of events and enqueue the good ones")
     p.add_argument("file", help="JSON Lines file, or - for standard input")
