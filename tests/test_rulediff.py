@@ -14,7 +14,7 @@ from factories import client_updated, partner_updated, renewal_updated
 from worker.config.settings import load_settings
 from worker.domain.events import parse_event
 from worker.domain.planner import Plan, PlannedReminder
-from worker.domain.rulediff import ReminderChange, RuleDiff, RuleDiffer, diff_plans
+from worker.domain.rulediff import ReminderChange, RuleDiff, RuleDiffer, diff_plans, facts_of
 from worker.domain.rules import ReminderRule, RuleSet
 from worker.ops.cli import main
 from worker.service.runtime import build_runtime
@@ -69,10 +69,10 @@ def test_a_new_reminder_already_past_goes_out_at_once_only_if_no_later_one_was_s
     differ = RuleDiffer(old, new, now=NOW)
     inputs = renewal_inputs()
 
-    fresh = differ.changes(**inputs, removed=False, services_ended=False)
+    fresh = differ.changes(facts_of(**inputs, removed=False, services_ended=False))
     assert [(c.reminder_id, c.kind) for c in fresh] == [("early", "immediate")]
     after_a_later_one = RuleDiffer(old, new, now=datetime(2027, 1, 2, tzinfo=UTC))
-    changes = after_a_later_one.changes(**inputs, removed=False, services_ended=False, final={"first"})
+    changes = after_a_later_one.changes(facts_of(**inputs, removed=False, services_ended=False, final={"first"}))
     assert changes == []
 
 
@@ -82,18 +82,20 @@ def test_with_assumed_history_reminders_the_old_rules_would_have_sent_are_not_bl
     inputs = renewal_inputs()
 
     assert (
-        RuleDiffer(same, same, now=late, assume_history=True).changes(**inputs, removed=False, services_ended=False)
+        RuleDiffer(same, same, now=late, assume_history=True).changes(
+            facts_of(**inputs, removed=False, services_ended=False)
+        )
         == []
     )
     moved = RuleDiffer(same, rules(("first", -30), ("final", -2)), now=late, assume_history=True)
-    assert [c.kind for c in moved.changes(**inputs, removed=False, services_ended=False)] == ["moved"]
+    assert [c.kind for c in moved.changes(facts_of(**inputs, removed=False, services_ended=False))] == ["moved"]
 
 
 def test_removed_and_ended_renewals_change_nothing() -> None:
     differ = RuleDiffer(rules(("a", -30)), rules(("a", -20)), now=NOW)
     inputs = renewal_inputs()
-    assert differ.changes(**inputs, removed=True, services_ended=False) == []
-    assert differ.changes(**inputs, removed=False, services_ended=True) == []
+    assert differ.changes(facts_of(**inputs, removed=True, services_ended=False)) == []
+    assert differ.changes(facts_of(**inputs, removed=False, services_ended=True)) == []
 
 
 def test_the_tally_counts_per_reminder_and_keeps_a_few_samples_of_each_kind() -> None:

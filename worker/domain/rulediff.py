@@ -12,17 +12,18 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from .events import ClientData, OwnerData, PartnerData, RenewalData
-from .planner import Plan, plan_renewal, recipients_timezone
-from .routing import effective_owner
+from .planner import Plan, plan_renewal
 from .rules import RuleSet
 
 __all__ = [
     "CHANGE_KINDS",
     "ChangeKind",
+    "PlanFacts",
     "ReminderChange",
     "RuleDiff",
     "RuleDiffer",
     "diff_plans",
+    "facts_of",
     "history_at",
 ]
 
@@ -127,16 +128,57 @@ class RuleDiff:
         }
 
 
-# What a plan depends on besides the renewal's id: start date, status, whether it is removed, ended
-# or waiting for its client, the recipients' time zone, and the reminders already final.
-_PlanKey = tuple[date, str, bool, bool, bool, str, frozenset[str]]
+@dataclass(frozen=True)
+class PlanFacts:
+    """What a renewal's plan depends on, and nothing else: renewals with equal facts get equal plans.
+
+    ``start_date`` is None when nothing is known of the renewal; a time zone is None when unset, and
+    ``partner_timezone`` also when the partner is unknown.
+    """
+
+    start_date: date | None
+    status: str = "pending"
+    removed: bool = False
+    services_ended: bool = False
+    client_known: bool = True
+    client_timezone: str | None = None
+    partner_timezone: str | None = None
+    default_owner: str | None = None
+    override_owner: str | None = None
+    final: frozenset[str] = frozenset()
+
+
+def facts_of(
+    renewal: RenewalData | None,
+    *,
+    removed: bool,
+    services_ended: bool,
+    client: ClientData | None,
+    partner: PartnerData | None,
+    override: OwnerData | None,
+    final: Collection[str] = (),
+) -> PlanFacts:
+    """The facts of a renewal given as the planner's models."""
+    return PlanFacts(
+        start_date=None if renewal is None else renewal.start_date,
+        status="pending" if renewal is None else renewal.status,
+        removed=removed,
+        services_ended=services_ended,
+        client_known=client is not None,
+        client_timezone=None if client is None else client.timezone,
+        partner_timezone=None if partner is None else partner.timezone,
+        default_owner=None if partner is None else partner.default_owner,
+        override_owner=None if override is None else override.owner,
+        final=frozenset(final),
+    )
 
 
 class RuleDiffer:
     """Diffs renewal after renewal, planning each distinct case once.
 
-    Renewals that share a start date, status, time zone and history get the same plans, so a
-    million stored reminders cost far fewer than a million planner calls.
+    Renewals that share a start date, status, time zones, owner and history get the same plans, so
+    a million stored reminders cost far fewer than a million planner calls. Each case is still
+    planned by ``plan_renewal`` itself, from models holding just the facts.
     """
 
     def __init__(self, old: RuleSet, new: RuleSet, *, now: datetime, assume_history: bool = False) -> None:
@@ -146,33 +188,35 @@ class RuleDiffer:
         self.new = new
         self.now = now
         self.assume_history = assume_history
-        self._cache: dict[_PlanKey, list[ReminderChange]] = {}
+        self._cache: dict[PlanFacts, list[ReminderChange]] = {}
 
-    def changes(
-        self,
-        renewal: RenewalData | None,
-        *,
-        removed: bool,
-        services_ended: bool,
-        client: ClientData | None,
-        partner: PartnerData | None,
-        override: OwnerData | None,
-        final: Collection[str] = (),
-    ) -> list[ReminderChange]:
-        if renewal is None:
+    def changes(self, facts: PlanFacts) -> list[ReminderChange]:
+        cached = self._cache.get(facts)
+        if cached is None:
+            cached = self._cache[facts] = self._diff(facts)
+        return cached
+
+    def _diff(self, facts: PlanFacts) -> list[ReminderChange]:
+        if facts.start_date is None:
             return []
-        tz = recipients_timezone(effective_owner(partner, override), client, partner).key
-        key = (renewal.start_date, renewal.status, removed, services_ended, client is None, tz, frozenset(final))
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
+        # model_construct: the facts come from records validated when they were stored.
+        renewal = RenewalData.model_construct(
+            renewal_id="", client_id="", start_date=facts.start_date, status=facts.status
+        )
+        client = ClientData.model_construct(client_id="", timezone=facts.client_timezone)
+        partner = None
+        if facts.partner_timezone is not None:
+            partner = PartnerData.model_construct(timezone=facts.partner_timezone, default_owner=facts.default_owner)
+        override = None
+        if facts.override_owner is not None:
+            override = OwnerData.model_construct(client_id="", owner=facts.override_owner)
 
         def plan(rules: RuleSet, done: Collection[str]) -> Plan:
             return plan_renewal(
                 renewal,
-                removed=removed,
-                services_ended=services_ended,
-                client=client,
+                removed=facts.removed,
+                services_ended=facts.services_ended,
+                client=client if facts.client_known else None,
                 partner=partner,
                 override=override,
                 rules=rules,
@@ -180,9 +224,7 @@ class RuleDiffer:
                 final=done,
             )
 
-        done = frozenset(final)
+        done = facts.final
         if self.assume_history:
             done |= history_at(plan(self.old, done), self.now)
-        result = diff_plans(plan(self.old, done), plan(self.new, done), now=self.now)
-        self._cache[key] = result
-        return result
+        return diff_plans(plan(self.old, done), plan(self.new, done), now=self.now)

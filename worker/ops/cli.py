@@ -168,7 +168,7 @@ def _cmd_rules_diff(args: argparse.Namespace) -> int:
     else:
         rt = _inspection_runtime()
         now = rt.clock.now()
-        diff = diff_store(rt.planning, old, new, now=now, sample_size=args.samples)
+        diff = diff_store(rt.store, old, new, now=now, sample_size=args.samples)
     if args.json:
         print(diff_json(diff, old=str(old_path), new=args.new, now=now, refused=refused))
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -13,28 +12,19 @@ from ..domain.errors import InvalidEvent
 from ..domain.events import Event, parse_event
 from ..domain.rulediff import CHANGE_KINDS, RuleDiff, RuleDiffer
 from ..domain.rules import RuleSet
+from ..state.facts import stored_plan_facts
 from ..state.keys import Keys
-from ..state.planning import Planning, RenewalView
 from ..state.store import Store
 
 __all__ = [
-    "diff_events_file", "diff_json", "diff_store", "events_planning", "format_diff", "read_events", "stored_views",
+    "diff_events_file", "diff_json", "diff_store", "events_store", "format_diff", "read_events",
 ]  # fmt: skip
 
 _BATCH = 1000
 
 
-def stored_views(planning: Planning, *, batch: int = _BATCH) -> Iterator[RenewalView]:
-    """Every stored renewal with its client, partner and ledger, read ``batch`` renewals per two round trips."""
-    store = planning.store
-    for partner_id in store.partner_ids():
-        renewal_ids = store.renewal_ids(partner_id)
-        for start in range(0, len(renewal_ids), batch):
-            yield from planning.views([(partner_id, rid) for rid in renewal_ids[start : start + batch]])
-
-
 def diff_store(
-    planning: Planning,
+    store: Store,
     old: RuleSet,
     new: RuleSet,
     *,
@@ -45,18 +35,8 @@ def diff_store(
     """Diff the plans of every stored renewal under ``old`` and ``new`` at ``now``; the ledger says what is final."""
     differ = RuleDiffer(old, new, now=now, assume_history=assume_history)
     diff = RuleDiff(sample_size=sample_size)
-    for view in stored_views(planning):
-        client = view.client
-        changes = differ.changes(
-            view.renewal.renewal,
-            removed=view.renewal.removed,
-            services_ended=client.services_ended if client else False,
-            client=client.client if client else None,
-            partner=view.partner,
-            override=client.override if client else None,
-            final=view.outcomes.keys(),
-        )
-        diff.add(view.partner_id, view.renewal_id, changes)
+    for partner_id, renewal_id, facts in stored_plan_facts(store, batch=_BATCH):
+        diff.add(partner_id, renewal_id, differ.changes(facts))
     return diff
 
 
@@ -74,13 +54,11 @@ def read_events(path: Path) -> tuple[list[Event], list[str]]:
     return events, refused
 
 
-def events_planning(events: list[Event], *, at: datetime) -> Planning:
+def events_store(events: list[Event], *, at: datetime) -> Store:
     """An in-process store holding the events that occurred up to ``at``, applied as the worker applies them."""
-    client = fakeredis.FakeRedis()
-    keys = Keys("preview")
-    store = Store(client, keys=keys, event_id_ttl_s=86_400)
+    store = Store(fakeredis.FakeRedis(), keys=Keys("preview"), event_id_ttl_s=86_400)
     store.apply_many([event for event in events if event.occurred_at <= at], now=at)
-    return Planning(client, store, keys)
+    return store
 
 
 def diff_events_file(
@@ -88,8 +66,7 @@ def diff_events_file(
 ) -> tuple[RuleDiff, list[str]]:
     """Diff over the renewals of an events file as stored at ``at``, as if the rules in force had run until then."""
     events, refused = read_events(path)
-    planning = events_planning(events, at=at)
-    diff = diff_store(planning, old, new, now=at, sample_size=sample_size, assume_history=True)
+    diff = diff_store(events_store(events, at=at), old, new, now=at, sample_size=sample_size, assume_history=True)
     return diff, refused
 
 

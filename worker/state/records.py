@@ -10,18 +10,19 @@ nothing. A string costs far less than a hash here: one value longer than
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from ..domain.events import TRUSTED, ClientData, OwnerData, PartnerData, RenewalData
 from .keys import SEP
 
-__all__ = ["StoredRecord", "decode_payload", "encode_payload", "read_record", "ts_text"]
+__all__ = ["StoredRecord", "decode_payload", "encode_payload", "payload_fields", "read_record", "ts_text"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -106,6 +107,18 @@ def decode_payload(cls: type[M], payload: bytes) -> M | None:
     """The model in a payload (None when empty); it was validated on the way in, so costly checks are skipped."""
     if not payload:
         return None
+    return cls.model_validate_json(_inflate(cls, payload), context=TRUSTED)
+
+
+def payload_fields(cls: type[BaseModel], payload: bytes) -> dict[str, Any] | None:
+    """The payload's JSON fields without building the model: for scans over every record that read a few fields."""
+    if not payload:
+        return None
+    fields: dict[str, Any] = json.loads(_inflate(cls, payload))
+    return fields
+
+
+def _inflate(cls: type[BaseModel], payload: bytes) -> bytes:
     inflate = zlib.decompressobj(_WBITS, _DICTIONARIES_1[cls])
     try:
         text = inflate.decompress(payload) + inflate.flush()
@@ -113,4 +126,4 @@ def decode_payload(cls: type[M], payload: bytes) -> M | None:
         raise ValueError(f"corrupt stored {cls.__name__}: {exc}") from None
     if not inflate.eof or inflate.unused_data:
         raise ValueError(f"corrupt stored {cls.__name__}: truncated or trailing bytes")
-    return cls.model_validate_json(text, context=TRUSTED)
+    return text
