@@ -21,6 +21,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 if TYPE_CHECKING:
     from ..service.runtime import Runtime
+    from .preview import Preview
+    from .preview_server import PreviewSource
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
@@ -186,6 +188,88 @@ def _cmd_rules_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview_source(args: argparse.Namespace) -> PreviewSource:
+    """Where the previews come from: the built-in samples, an events file at a time, or one stored renewal."""
+    from ..config.rulefile import load_rules
+    from ..config.settings import load_settings
+    from ..mail.render import Renderer
+    from ..state.planning import Planning
+    from .preview import sample_previews, view_previews
+    from .preview_server import PreviewSource
+    from .rulediff import events_store, read_events
+
+    settings = load_settings()
+    roles = settings.hubspot_contact_roles
+
+    def renderer() -> Renderer:
+        return Renderer(settings.templates_dir)
+
+    if args.events is not None:
+        events_path, at = Path(args.events), args.at or datetime.now(UTC)
+
+        def from_events(r: Renderer) -> list[Preview]:
+            events, refused = read_events(events_path)
+            for line in refused:
+                print(f"refused: {line}", file=sys.stderr)
+            store = events_store(events, at=at)
+            planning = Planning(store.redis, store, store.keys)
+            pairs = [(pid, rid) for pid in store.partner_ids() for rid in store.renewal_ids(pid)]
+            rules = load_rules(settings.rules_path, known_templates=r.template_names())
+            return view_previews(planning.views(pairs), rules, now=at, roles=roles)
+
+        return PreviewSource(renderer, from_events, settings.mail_from, f"{events_path.name} at {at.isoformat()}")
+    if args.renewal is not None:
+        partner_id, renewal_id = args.renewal
+        rt = _inspection_runtime()
+
+        def from_store(r: Renderer) -> list[Preview]:
+            state = rt.store.renewal_state(partner_id, renewal_id)
+            if state.updated_at is None:
+                raise RenewalsError(f"no events received for renewal {renewal_id} of partner {partner_id}")
+            return view_previews(
+                [rt.planning.view(partner_id, renewal_id)], rt.rules(), now=rt.clock.now(), roles=roles
+            )
+
+        return PreviewSource(renderer, from_store, settings.mail_from, f"stored renewal {partner_id}/{renewal_id}")
+
+    def from_samples(r: Renderer) -> list[Preview]:
+        return sample_previews(r, roles=roles)
+
+    return PreviewSource(renderer, from_samples, settings.mail_from, "built-in samples")
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from .gallery import build_gallery, write_gallery
+    from .preview_server import make_server
+
+    if args.at is not None and args.events is None:
+        raise argparse.ArgumentTypeError("--at goes with --events")
+    if (args.out is None) == (not args.serve):
+        print("error: give one of --out DIR or --serve", file=sys.stderr)
+        return 2
+    source = _preview_source(args)
+    if args.serve:
+        server = make_server(source, port=args.port)
+        host, port = server.server_address[:2]
+        print(f"serving {source.description} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return 0
+    renderer = source.renderer()
+    gallery = build_gallery(renderer, source.previews(renderer), mail_from=source.mail_from, source=source.description)
+    out = Path(args.out)
+    written = write_gallery(gallery, out)
+    warnings = len(gallery.general) + sum(len(page.warnings) for page in gallery.pages)
+    print(
+        f"wrote {len(gallery.pages)} page(s), {len(written)} file(s), to {out}/ (open index.html); {warnings} warning(s)"
+    )
+    return 0
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .inspect import describe_plan
 
@@ -278,6 +362,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=5, help="changes shown of each kind (default 5)")
     p.add_argument("--max-immediate", type=int, help="exit 2 when more than N reminders would go out at once")
     p.set_defaults(handler=_cmd_rules_diff)
+
+    p = sub.add_parser("preview", help="every email in every locale as it would be sent: a static gallery or a server")
+    p.add_argument("--out", help="write the gallery into this folder (index.html)")
+    p.add_argument("--serve", action="store_true", help="serve the gallery on 127.0.0.1, rendered on each request")
+    p.add_argument("--port", type=int, default=8025, help="with --serve (default 8025; 0: any free port)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--events", help="preview the renewals of this JSON Lines file (default: built-in samples)")
+    data.add_argument("--renewal", nargs=2, metavar=("PARTNER", "RENEWAL"), help="one stored renewal (REDIS_URL)")
+    p.add_argument("--at", type=_timestamp, help="with --events: the state and plans at this moment (default: now)")
+    p.set_defaults(handler=_cmd_preview)
 
     p = sub.add_parser("enqueue", help="validate a JSON Lines file of events and enqueue the good ones")
     p.add_argument("file", help="JSON Lines file, or - for standard input")
