@@ -265,7 +265,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     written = write_gallery(gallery, out)
     warnings = len(gallery.general) + sum(len(page.warnings) for page in gallery.pages)
     print(
-        f"wrote {len(gallery.pages)} page(s), {len(written)} file(s), to {out}/ (open index.html); {warnings} warning(s)"
+        f"wrote {len(gallery.pages)} page(s) ({len(written)} files) to {out}/: open index.html; {warnings} warning(s)"
     )
     return 0
 
