@@ -21,7 +21,7 @@ from worker.ops import preview as preview_module
 from worker.ops.cli import main
 from worker.ops.gallery import build_gallery, index_html, page_html, write_gallery
 from worker.ops.preview import Preview, Scenario, sample_previews
-from worker.ops.preview_server import PreviewSource, make_server
+from worker.ops.preview_server import PreviewSource, fresh_renderer, make_server
 
 TEMPLATES = PROJECT_ROOT / "templates" / "email"
 MAIL_FROM = "Renewals <renewals@example.com>"
@@ -179,7 +179,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A preview server over a copy of the templates, which a test may edit."""
     templates = shutil.copytree(TEMPLATES, tmp_path / "templates")
     source = PreviewSource(
-        renderer=lambda: Renderer(templates),
+        renderer=fresh_renderer(templates),
         previews=lambda r: sample_previews(r),
         mail_from=MAIL_FROM,
         description="built-in samples",

@@ -195,14 +195,12 @@ def _preview_source(args: argparse.Namespace) -> PreviewSource:
     from ..mail.render import Renderer
     from ..state.planning import Planning
     from .preview import sample_previews, view_previews
-    from .preview_server import PreviewSource
+    from .preview_server import PreviewSource, fresh_renderer
     from .rulediff import events_store, read_events
 
     settings = load_settings()
     roles = settings.hubspot_contact_roles
-
-    def renderer() -> Renderer:
-        return Renderer(settings.templates_dir)
+    renderer = fresh_renderer(settings.templates_dir)
 
     if args.events is not None:
         events_path, at = Path(args.events), args.at or datetime.now(UTC)

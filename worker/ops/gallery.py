@@ -56,7 +56,8 @@ table.headers td { padding: 4px 8px; overflow-wrap: anywhere; word-break: break-
   display: block; }
 .frames { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .frame { max-width: 100%; }
-.frame iframe { display: block; border: 1px solid #c5ccd3; background: #fff; height: 900px; max-width: 100%; }
+.frame iframe { display: block; box-sizing: content-box; border: 1px solid #c5ccd3; background: #fff; height: 900px;
+                max-width: 100%; }
 .frame-desktop iframe { width: 720px; }
 .frame-phone iframe { width: 375px; }
 pre { background: #fff; border: 1px solid #e1e4e8; padding: 12px; white-space: pre-wrap; overflow-wrap: anywhere;

@@ -7,18 +7,21 @@ to loopback only: previews hold real names and addresses when made from stored r
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..domain.errors import RenewalsError
+from ..mail.reload import templates_digest
 from ..mail.render import Renderer
 from .gallery import build_gallery, index_html, page_html
 from .preview import Preview, locales_of, render_page
 
-__all__ = ["PreviewSource", "make_server"]
+__all__ = ["PreviewSource", "fresh_renderer", "make_server"]
 
 # The gallery runs no script of its own, and the emails in it (srcdoc iframes, which inherit this
 # policy) load nothing from the network: a preview never tells a tracker it was opened.
@@ -81,6 +84,24 @@ def _handler(source: PreviewSource) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def fresh_renderer(templates_dir: Path) -> Callable[[], Renderer]:
+    """A renderer of the folder as it is now: a new one after any edit, the same one while nothing changed.
+
+    Reading the templates and wording again on every request would cost more than the page itself.
+    """
+    current: list[tuple[str, Renderer]] = []
+    lock = threading.Lock()
+
+    def renderer() -> Renderer:
+        digest = templates_digest(templates_dir)
+        with lock:
+            if not current or current[0][0] != digest:
+                current[:] = [(digest, Renderer(templates_dir))]
+            return current[0][1]
+
+    return renderer
 
 
 def make_server(source: PreviewSource, *, port: int = 0) -> ThreadingHTTPServer:
