@@ -9,14 +9,13 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from factories import client_updated, partner_updated, renewal_updated
 
 from worker.config.settings import PROJECT_ROOT, load_settings
 from worker.domain.events import parse_event
 from worker.mail.reload import RendererWatcher, templates_digest
 from worker.mail.render import Renderer
 from worker.service.runtime import build_runtime
-
-from factories import client_updated, partner_updated, renewal_updated  # isort: skip
 
 
 @pytest.fixture

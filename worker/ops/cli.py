@@ -171,12 +171,13 @@ def _cmd_rules_diff(args: argparse.Namespace) -> int:
         rt = _inspection_runtime()
         now = rt.clock.now()
         diff = diff_store(rt.store, old, new, now=now, sample_size=args.samples)
+    shown = str(old_path.relative_to(Path.cwd())) if old_path.is_relative_to(Path.cwd()) else str(old_path)
     if args.json:
-        print(diff_json(diff, old=str(old_path), new=args.new, now=now, refused=refused))
+        print(diff_json(diff, old=shown, new=args.new, now=now, refused=refused))
     else:
         for line in refused:
             print(f"refused: {line}", file=sys.stderr)
-        print(format_diff(diff, old=str(old_path), new=args.new, now=now))
+        print(format_diff(diff, old=shown, new=args.new, now=now))
     immediate = diff.total("immediate")
     if args.max_immediate is not None and immediate > args.max_immediate:
         limit = args.max_immediate

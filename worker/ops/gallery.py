@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import DictLoader, Environment, Template
+from markupsafe import Markup
 
 from ..mail.lint import untranslated_wording
 from ..mail.locales import load_catalogs
@@ -26,7 +27,7 @@ _STYLE = """
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2933;
        background: #f4f5f7; }
-header, main { max-width: 1100px; margin: 0 auto; padding: 12px 16px; }
+header, main { max-width: 1200px; margin: 0 auto; padding: 12px 16px; }
 h1 { font-size: 20px; margin: 8px 0; overflow-wrap: anywhere; }
 h2 { font-size: 16px; margin: 20px 0 8px; }
 a { color: #0b6bcb; }
@@ -160,7 +161,7 @@ _PAGE = """{% extends "base" %}
 
 # The gallery's own pages, not the emails: autoescaped, so names and subjects from data stay text.
 _env = Environment(loader=DictLoader({"base": _BASE, "index": _INDEX, "page": _PAGE}), autoescape=True)
-_env.globals["style"] = _STYLE
+_env.globals["style"] = Markup(_STYLE)  # CSS, not text: escaping would break its selectors
 
 
 def _template(name: str) -> Template:
@@ -194,9 +195,15 @@ def build_gallery(renderer: Renderer, previews: Sequence[Preview], *, mail_from:
 
 def index_html(gallery: Gallery) -> str:
     problems: list[tuple[str, str]] = [("", text) for text in gallery.general]
+    # The same warning of the same email in several samples is one line, linked to its first page.
+    seen: dict[tuple[str, str, str, str], list[PreviewPage]] = {}
     for page in gallery.pages:
-        where = f"{page.preview.group} {page.preview.email}/{page.preview.audience} [{page.locale}]"
-        problems += [(f"{page.preview.slug}/{page.locale}.html", f"{where}: {w}") for w in page.warnings]
+        for warning in page.warnings:
+            seen.setdefault((page.preview.email, page.preview.audience, page.locale, warning), []).append(page)
+    for (email, audience, locale, warning), pages in seen.items():
+        groups_named = ", ".join(dict.fromkeys(p.preview.group for p in pages))
+        href = f"{pages[0].preview.slug}/{pages[0].locale}.html"
+        problems.append((href, f"{email}/{audience} [{locale}]: {warning} ({groups_named})"))
     groups: dict[str, list[PreviewPage]] = {}
     for page in gallery.pages:
         groups.setdefault(page.preview.group, []).append(page)

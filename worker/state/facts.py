@@ -17,8 +17,9 @@ from pydantic import BaseModel
 
 from ..domain.events import ClientData, OwnerData, PartnerData, RenewalData
 from ..domain.rulediff import PlanFacts
-from .keys import Keys
+from .keys import SEP, Keys
 from .records import payload_fields, read_record
+from .scripts import LuaScript
 from .store import Store
 
 __all__ = ["plan_facts", "stored_plan_facts"]
@@ -31,26 +32,42 @@ def _fields(cls: type[BaseModel], raw: bytes | None) -> tuple[bool, dict[str, An
     return record.removed, payload_fields(cls, record.payload) or {}
 
 
+# Each renewal's record and the ids of its final reminders, for a batch, in one call: a thousand
+# HKEYS would cost the client more to write and read than the records themselves.
+#   KEYS: n renewal records, then their n ledgers. Returns record, SEP-joined ids, record, ...
+_RECORDS_AND_LEDGERS = """
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  out[2 * i - 1] = redis.call('GET', KEYS[i])
+  out[2 * i] = table.concat(redis.call('HKEYS', KEYS[n + i]), ARGV[1])
+end
+return out
+"""
+
+
 def plan_facts(client: redis.Redis, keys: Keys, pairs: Sequence[tuple[str, str]]) -> list[PlanFacts]:
     """The plan facts of renewals (partner id, renewal id), in order, in two round trips."""
+    if not pairs:
+        return []
+    script = LuaScript(client, _RECORDS_AND_LEDGERS)
+    reply = script(
+        keys=[keys.renewal(pid, rid) for pid, rid in pairs] + [keys.ledger(pid, rid) for pid, rid in pairs],
+        args=[SEP],
+    )
+    renewals = [_fields(RenewalData, raw or None) for raw in reply[0::2]]
+    ledgers = [frozenset(ids.decode().split(SEP)) if ids else frozenset() for ids in reply[1::2]]
     partner_ids = sorted({pid for pid, _ in pairs})
-    with client.pipeline(transaction=False) as pipe:
-        pipe.mget([keys.renewal(pid, rid) for pid, rid in pairs])
-        pipe.mget([keys.partner(pid) for pid in partner_ids])
-        for pid, rid in pairs:
-            pipe.hkeys(keys.ledger(pid, rid))
-        renewal_raws, partner_raws, *ledgers = pipe.execute()
-    partners = {pid: _fields(PartnerData, raw)[1] for pid, raw in zip(partner_ids, partner_raws, strict=True)}
-    renewals = [_fields(RenewalData, raw) for raw in renewal_raws]
     clients = sorted({(pid, r["client_id"]) for (pid, _), (_, r) in zip(pairs, renewals, strict=True) if r})
     with client.pipeline(transaction=False) as pipe:
-        pipe.mget([keys.client(pid, cid) for pid, cid in clients])
-        pipe.mget([keys.owner(pid, cid) for pid, cid in clients])
-        pipe.mget([keys.ended(pid, cid) for pid, cid in clients])
-        client_raws, owner_raws, ended_raws = pipe.execute() if clients else ([], [], [])
+        pipe.mget([keys.partner(pid) for pid in partner_ids])
+        for key in (keys.client, keys.owner, keys.ended):
+            pipe.mget([key(pid, cid) for pid, cid in clients] or ["-"])
+        partner_raws, client_raws, owner_raws, ended_raws = pipe.execute()
+    partners = {pid: _fields(PartnerData, raw)[1] for pid, raw in zip(partner_ids, partner_raws, strict=True)}
     known = {
         ref: (_fields(ClientData, c)[1], _fields(OwnerData, o)[1], e is not None)
-        for ref, c, o, e in zip(clients, client_raws, owner_raws, ended_raws, strict=True)
+        for ref, c, o, e in zip(clients, client_raws, owner_raws, ended_raws, strict=False)
     }
     out = []
     for (pid, _), (removed, renewal), ledger in zip(pairs, renewals, ledgers, strict=True):
@@ -70,7 +87,7 @@ def plan_facts(client: redis.Redis, keys: Keys, pairs: Sequence[tuple[str, str]]
                 partner_timezone=partner.get("timezone"),
                 default_owner=partner.get("default_owner"),
                 override_owner=override.get("owner"),
-                final=frozenset(key.decode() for key in ledger),
+                final=ledger,
             )
         )
     return out
