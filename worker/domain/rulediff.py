@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
-from .events import ClientData, OwnerData, PartnerData, RenewalData
+from .events import ClientData, Owner, OwnerData, PartnerData, RenewalData, RenewalStatus
 from .planner import Plan, plan_renewal
 from .rules import RuleSet
 
@@ -137,14 +137,14 @@ class PlanFacts:
     """
 
     start_date: date | None
-    status: str = "pending"
+    status: RenewalStatus = "pending"
     removed: bool = False
     services_ended: bool = False
     client_known: bool = True
     client_timezone: str | None = None
     partner_timezone: str | None = None
-    default_owner: str | None = None
-    override_owner: str | None = None
+    default_owner: Owner | None = None
+    override_owner: Owner | None = None
     final: frozenset[str] = frozenset()
 
 
@@ -199,14 +199,16 @@ class RuleDiffer:
     def _diff(self, facts: PlanFacts) -> list[ReminderChange]:
         if facts.start_date is None:
             return []
-        # model_construct: the facts come from records validated when they were stored.
-        renewal = RenewalData.model_construct(
-            renewal_id="", client_id="", start_date=facts.start_date, status=facts.status
-        )
-        client = ClientData.model_construct(client_id="", timezone=facts.client_timezone)
+        # Models holding just the facts the planner reads (model_construct: they come from records
+        # validated when they were stored); the other fields are never looked at.
+        renewal_fields: dict[str, Any] = {"renewal_id": "", "client_id": "", "start_date": facts.start_date}
+        renewal = RenewalData.model_construct(**renewal_fields, status=facts.status)
+        client_fields: dict[str, Any] = {"client_id": "", "timezone": facts.client_timezone}
+        client = ClientData.model_construct(**client_fields)
         partner = None
         if facts.partner_timezone is not None:
-            partner = PartnerData.model_construct(timezone=facts.partner_timezone, default_owner=facts.default_owner)
+            partner_fields: dict[str, Any] = {"timezone": facts.partner_timezone}
+            partner = PartnerData.model_construct(**partner_fields, default_owner=facts.default_owner or "hubspot")
         override = None
         if facts.override_owner is not None:
             override = OwnerData.model_construct(client_id="", owner=facts.override_owner)

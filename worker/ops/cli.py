@@ -249,8 +249,8 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     source = _preview_source(args)
     if args.serve:
         server = make_server(source, port=args.port)
-        host, port = server.server_address[:2]
-        print(f"serving {source.description} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+        port = server.server_address[1]
+        print(f"serving {source.description} at http://127.0.0.1:{port}/ (Ctrl-C stops)", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

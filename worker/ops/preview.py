@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo
 
 from ..domain.decision import Send, reply_to
 from ..domain.errors import TemplateError
-from ..domain.events import ClientData, Contacts, OwnerData, PartnerData, Person, RenewalData
+from ..domain.events import ClientData, Contacts, Owner, OwnerData, PartnerData, Person, RenewalData
 from ..domain.planner import renewal_deadline
 from ..domain.routing import ALL_CONTACT_ROLES, ContactRole, partner_user, route
 from ..domain.rules import RuleSet
 from ..mail.lint import email_warnings
 from ..mail.locales import SUPPORTED_LOCALES
 from ..mail.message import build_message, message_id_for
-from ..mail.render import AUDIENCES, RenderedEmail, Renderer, hostile_samples
+from ..mail.render import AUDIENCES, Audience, RenderedEmail, Renderer, hostile_samples
 from ..state.planning import RenewalView
 
 __all__ = [
@@ -104,7 +104,7 @@ class GalleryEmail(Protocol):
 
 def _send_of(scenario: Scenario, template: str, audience: str, roles: Sequence[ContactRole]) -> Send:
     client = scenario.client
-    owner = "hubspot" if audience == "client" else "partner"
+    owner: Owner = "hubspot" if audience == "client" else "partner"
     override = OwnerData(client_id=client.client_id, owner=owner, notify_user=scenario.partner_user)
     routing = route(client, scenario.partner, override, contact_roles=roles)
     return Send(
@@ -251,7 +251,7 @@ def view_previews(
         override = client_state.override if client_state else None
         plan = view.plan(rules, now)
         routing = route(client, view.partner, override, contact_roles=roles)
-        audience = "client" if routing.owner == "hubspot" else "partner"
+        audience: Audience = "client" if routing.owner == "hubspot" else "partner"
         for planned in plan.planned:
             send = Send(
                 template=planned.template,
