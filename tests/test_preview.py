@@ -240,20 +240,20 @@ def test_renewals_preview_serve_prints_its_loopback_address_and_serves(tmp_path:
     import subprocess
     import sys
 
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "worker.ops.cli", "preview", "--serve", "--port", "0"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
         cwd=PROJECT_ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("serving built-in samples at http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split(" at ", 1)[1].split()[0]
-        status, _, body = get(url)
-        assert status == 200 and b"Email previews" in body
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("serving built-in samples at http://127.0.0.1:"), line
+            url = line.split(" at ", 1)[1].split()[0]
+            status, _, body = get(url)
+            assert status == 200 and b"Email previews" in body
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
