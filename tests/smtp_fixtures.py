@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class ReceivedMessage:
     content: bytes
     peer: tuple[str, int]  # the client's address and port: one per connection
     encrypted: bool
+    mail_at: float = 0.0  # time.time() when its MAIL command arrived: when the transaction started
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class _Envelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.fault: _Fault | None = None
+        self.mail_at = 0.0
 
 
 class _Recorder:
@@ -67,6 +70,7 @@ class _Recorder:
         self.faults: list[_Fault] = []
         self.refused: dict[str, str] = {}
         self.live: set[_RecordingSMTPD] = set()
+        self.data_delay_s = 0.0
 
     async def handle_EHLO(
         self, server: SMTPD, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -86,6 +90,7 @@ class _Recorder:
         if (reply := _misbehave(server, envelope, "MAIL")) is not None:
             return reply
         envelope.mail_from = address
+        envelope.mail_at = time.time()
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
@@ -105,12 +110,15 @@ class _Recorder:
         if (reply := _misbehave(server, envelope, "DATA")) is not None:
             return reply
         assert envelope.mail_from is not None and envelope.original_content is not None
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
         message = ReceivedMessage(
             mail_from=envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
             content=envelope.original_content,
             peer=cast(tuple[str, int], session.peer),
             encrypted=session.ssl is not None,
+            mail_at=envelope.mail_at,
         )
         with self.lock:
             self.messages.append(message)
@@ -225,6 +233,11 @@ class SmtpServer:
         """Close the connection, without a reply, at ``at`` in each of the next ``messages`` transactions."""
         with self._recorder.lock:
             self._recorder.faults.extend([_Fault(at, None)] * messages)
+
+    def slow_down(self, data_delay_s: float) -> None:
+        """Take ``data_delay_s`` over each message's DATA before accepting it, as a loaded server would."""
+        with self._recorder.lock:
+            self._recorder.data_delay_s = data_delay_s
 
     def refuse(self, address: str, reply: str = "550 5.1.1 No such user") -> None:
         """Answer ``reply`` to every RCPT for ``address``, for the rest of the test."""

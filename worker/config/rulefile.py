@@ -53,11 +53,17 @@ class RulesWatcher:
         if rules is None:
             raise RulesError(list(problems))
         self._rules = rules
+        self._text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else ""
         self._seen = _digest(raw)
 
     @property
     def rules(self) -> RuleSet:
         return self._rules
+
+    @property
+    def text(self) -> str:
+        """The file's text as it was when the rules in force were read from it."""
+        return self._text
 
     def maybe_reload(self) -> bool:
         """Re-read the file; True when valid new rules replaced the old ones.
@@ -76,8 +82,9 @@ class RulesWatcher:
             for problem in problems:
                 _log.error("%s", problem)
             return False
-        if rules.fingerprint == self._rules.fingerprint:
+        if rules.fingerprint == self._rules.fingerprint and rules.digest == self._rules.digest:
             return False
         _log.info("%s: new rules in force (fingerprint %s)", self.path, rules.fingerprint[:12])
         self._rules = rules
+        self._text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else ""
         return True

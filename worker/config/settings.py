@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -99,9 +100,29 @@ class Settings(BaseSettings):
     delivery_max_retries: int = Field(default=10, ge=0, description="Retries of a deferred send before it is failed.")
     delivery_min_backoff_ms: int = Field(default=5_000, ge=1)
     delivery_max_backoff_ms: int = Field(default=900_000, ge=1)
-    send_lease_ms: int = Field(default=300_000, ge=1_000, description="How long a send may hold a reminder.")
+    send_lease_ms: int = Field(
+        default=30_000,
+        ge=1_000,
+        description="How long a worker holds a reminder it is sending, renewed while it lives: a dead worker's "
+        "reminders go out again after this.",
+    )
+    claim_lease_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="How long a reminder waits in the deliveries queue before the scheduler enqueues it again "
+        "(longer than the queue's backlog can take).",
+    )
+    outcome_write_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a worker waits for Redis to record what the SMTP server accepted, before giving up "
+        "(those emails may then be sent again).",
+    )
     scheduler_poll_s: float = Field(default=1.0, gt=0)
     rules_reload_s: float = Field(default=5.0, gt=0, description="How often a running process looks for rule edits.")
+    history_days: int = Field(
+        default=90, ge=1, description="Days of history (outcomes, deferrals, steering) kept in Redis."
+    )
     dead_letter_max: int = Field(default=100_000, ge=1, description="Dead letters kept (the oldest are trimmed).")
     ingest_batch_size: int = Field(
         default=100,
@@ -165,8 +186,12 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and overrides), turning errors into ConfigError."""
+    # ENV_FILE names a dotenv file (config/example.env's format) read under the environment's values.
+    env_file = os.environ.get("ENV_FILE") or None
+    if env_file is not None and not Path(env_file).is_file():
+        raise ConfigError(f"invalid setting ENV_FILE: no such file: {env_file}")
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

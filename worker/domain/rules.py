@@ -18,6 +18,7 @@ from typing import Literal, get_args
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from .digest_schedule import DIGEST_OFF, DigestRule, check_digest
 from .events import RenewalStatus
 
 __all__ = [
@@ -36,7 +37,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 _CLOCK = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
 _DECIMAL = re.compile(r"^[-+]?[0-9]+$")
 _NULL_TAG = "tag:yaml.org,2002:null"
-_TOP_KEYS = frozenset({"deadline_days_before_start", "reminders"})
+_TOP_KEYS = frozenset({"deadline_days_before_start", "reminders", "digest"})
 _REMINDER_KEYS = frozenset({"id", "anchor", "offset_days", "send_time", "template", "statuses"})
 # Day counts are bounded so that a typo cannot push date arithmetic out of range for every renewal.
 _MAX_DAYS = 3660
@@ -82,11 +83,15 @@ class ReminderRule:
 
 @dataclass(frozen=True)
 class RuleSet:
-    """The reminders in force; constructing one by hand applies the same limits as the file check."""
+    """The reminders in force; constructing one by hand applies the same limits as the file check.
+
+    ``digest`` is the partner digest's schedule (off unless the file has a ``digest:`` block).
+    """
 
     deadline_days_before_start: int
     reminders: tuple[ReminderRule, ...]
     source: str = "<memory>"
+    digest: DigestRule = DIGEST_OFF
 
     def __post_init__(self) -> None:
         if not 1 <= self.deadline_days_before_start <= _MAX_DAYS:
@@ -108,7 +113,8 @@ class RuleSet:
 
     @cached_property
     def fingerprint(self) -> str:
-        """SHA-256 of what the rules mean: a comment or layout edit keeps it, any change in meaning changes it."""
+        """SHA-256 of what the reminder rules mean: a comment or layout edit keeps it, any change in meaning
+        changes it. The digest's schedule is left out: changing it must not re-plan every renewal."""
         content = [self.deadline_days_before_start, [asdict(rule) for rule in self.reminders]]
         text = json.dumps(content, sort_keys=True, default=_json_value)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -237,7 +243,7 @@ class _Checker:
         return None
 
     def rule_set(self, root: Node) -> RuleSet | None:
-        top = self.mapping(root, "", _TOP_KEYS, optional=frozenset({"deadline_days_before_start"}))
+        top = self.mapping(root, "", _TOP_KEYS, optional=frozenset({"deadline_days_before_start", "digest"}))
         deadline_days: int | None = DEFAULT_DEADLINE_DAYS_BEFORE_START
         if "deadline_days_before_start" in top:
             deadline_days = self.integer(top["deadline_days_before_start"], "deadline_days_before_start")
@@ -254,9 +260,10 @@ class _Checker:
             rules = [self.reminder(item, f"reminders[{i}]", deadline_days) for i, item in enumerate(reminders.value)]
         elif reminders is not None:
             self.add(reminders, "reminders", f"expected a list of reminders, got {_describe(reminders)}")
-        if self.problems or deadline_days is None:
+        digest = check_digest(self, top["digest"]) if "digest" in top else DIGEST_OFF
+        if self.problems or deadline_days is None or digest is None:
             return None
-        return RuleSet(deadline_days, tuple(r for r in rules if r is not None), self.source)
+        return RuleSet(deadline_days, tuple(r for r in rules if r is not None), self.source, digest)
 
 
 def parse_rules(

@@ -23,7 +23,7 @@ from aiosmtplib.email import parse_address
 from ..config.settings import Settings
 from ..domain.errors import ConfigError, PermanentSendError, RenewalsError, TransientSendError
 from .outbox import OutboxMailer
-from .transport import BARE_ADDRESS, Mailer, SendResult, check_envelope
+from .transport import BARE_ADDRESS, Accepted, Envelope, Mailer, Prepare, SendResult, check_envelope
 
 __all__ = ["Mailer", "SendResult", "SmtpPool", "build_mailer", "check_envelope"]
 
@@ -83,22 +83,36 @@ class SmtpPool:
 
     async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
         check_envelope(sender, recipients)
+        envelope = Envelope(sender, recipients, message)
+
+        async def prepare() -> Envelope:
+            return envelope
+
+        result = await self.send_checked(prepare)
+        assert result is not None  # prepare always returns the envelope
+        return result
+
+    async def send_checked(self, prepare: Prepare, *, accepted: Accepted | None = None) -> SendResult | None:
         if self._closed:
             raise RuntimeError("SmtpPool is closed")
         slots = self._get_slots()
         slot = await slots.get()
         try:
             try:
-                return await self._send_on(slot, sender, recipients, message)
+                result = await self._send_on(slot, prepare)
             except ConnectionError:
                 # Most often the server closed a connection that sat idle in the pool; only a fresh
-                # connection tells whether the server itself is in trouble.
+                # connection tells whether the server itself is in trouble. The send starts over,
+                # and so does its check.
                 slot.discard()
-            try:
-                return await self._send_on(slot, sender, recipients, message)
-            except ConnectionError as exc:
-                slot.discard()
-                raise TransientSendError(f"SMTP {self._where}: connection lost twice while sending: {exc}") from exc
+                try:
+                    result = await self._send_on(slot, prepare)
+                except ConnectionError as exc:
+                    slot.discard()
+                    raise TransientSendError(f"SMTP {self._where}: connection lost twice while sending: {exc}") from exc
+            if result is not None and accepted is not None:
+                accepted(result)
+            return result
         except RenewalsError:
             raise
         except BaseException:
@@ -130,12 +144,16 @@ class SmtpPool:
                 self._slots.put_nowait(_Slot())
         return self._slots
 
-    async def _send_on(self, slot: _Slot, sender: str, recipients: Sequence[str], message: bytes) -> SendResult:
+    async def _send_on(self, slot: _Slot, prepare: Prepare) -> SendResult | None:
         smtp = slot.smtp
         if smtp is None or not smtp.is_connected:
             slot.discard()
             smtp = await self._connect(slot)
-        return await _transaction(smtp, self._where, sender, recipients, message)
+        envelope = await prepare()
+        if envelope is None:
+            return None
+        check_envelope(envelope.sender, envelope.recipients)
+        return await _transaction(smtp, self._where, envelope.sender, envelope.recipients, envelope.message)
 
     async def _connect(self, slot: _Slot) -> SMTP:
         settings = self._settings

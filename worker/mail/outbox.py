@@ -15,7 +15,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from ..domain.errors import TransientSendError
-from .transport import SendResult, check_envelope
+from .transport import Accepted, Envelope, Prepare, SendResult, check_envelope
 
 __all__ = ["OutboxMailer"]
 
@@ -42,6 +42,15 @@ class OutboxMailer:
         except OSError as exc:
             raise TransientSendError(f"cannot write {path}: {exc}") from exc
         return SendResult(reply=f"250 written to {path}")
+
+    async def send_checked(self, prepare: Prepare, *, accepted: Accepted | None = None) -> SendResult | None:
+        envelope: Envelope | None = await prepare()
+        if envelope is None:
+            return None
+        result = await self.send(sender=envelope.sender, recipients=envelope.recipients, message=envelope.message)
+        if accepted is not None:
+            accepted(result)
+        return result
 
     async def close(self) -> None:
         """Nothing to release: each send opens and closes its own file."""

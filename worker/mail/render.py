@@ -37,6 +37,7 @@ AUDIENCES: tuple[Audience, ...] = ("client", "partner")
 # A reminder template is a directory <name>/ holding these files for each audience; files
 # starting with "_" (layouts) and "locales/" are shared and are not reminder templates.
 _PARTS = ("subject.txt", "txt", "html")
+_NOT_REMINDERS = frozenset({"locales", "digest"})  # the partner digest has its own renderer (digest_render)
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
@@ -59,7 +60,7 @@ def _scan(templates_dir: Path) -> tuple[frozenset[str], list[str]]:
     complete: set[str] = set()
     problems: list[str] = []
     for entry in sorted(templates_dir.iterdir()):
-        if not entry.is_dir() or entry.name.startswith("_") or entry.name == "locales":
+        if not entry.is_dir() or entry.name.startswith("_") or entry.name in _NOT_REMINDERS:
             continue
         if not _TEMPLATE_NAME.match(entry.name):
             problems.append(f"{entry.name}/: a template name is lower-case letters, digits and '-'")
@@ -134,6 +135,14 @@ class Renderer:
         except css_inline.InlineError as exc:
             raise TemplateError(f"{base}.html: cannot inline its CSS: {exc}") from None
         return RenderedEmail(subject=subject, text=text, html=html, locale=chosen)
+
+    def catalog(self, locale: str) -> Catalog:
+        """The wording of a supported locale (see ``choose_locale``)."""
+        return self._catalogs[locale]
+
+    def render_file(self, name: str, context: dict[str, Any]) -> str:
+        """Render one template file in the sandbox; any problem is a TemplateError."""
+        return self._render(name, context)
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
         try:

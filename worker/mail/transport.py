@@ -6,14 +6,14 @@ The SMTP pool (``mailer``) and the .eml folder (``outbox``) both implement it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from typing import Protocol
 
 from aiosmtplib.email import parse_address
 
-__all__ = ["BARE_ADDRESS", "Mailer", "SendResult", "check_envelope"]
+__all__ = ["BARE_ADDRESS", "Accepted", "Envelope", "Mailer", "Prepare", "SendResult", "check_envelope"]
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,40 @@ class SendResult:
     refused: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """One message as it goes on the wire: the envelope sender, the recipients, the bytes."""
+
+    sender: str
+    recipients: Sequence[str]
+    message: bytes
+
+
+Prepare = Callable[[], Awaitable["Envelope | None"]]
+"""Called with a connection in hand, just before MAIL FROM: the message to send now, or None for none."""
+
+Accepted = Callable[[SendResult], None]
+"""Called when the server accepted a message, before its connection can carry another one."""
+
+
 class Mailer(Protocol):
-    """Hands one message to its envelope recipients.
+    """Hands messages to their envelope recipients.
 
     Raises TransientSendError (retry later), PermanentSendError (do not retry) or ConfigError (fix the
     settings); ValueError for an envelope that is not a sender and a non-empty list of addresses.
     """
 
     async def send(self, *, sender: str, recipients: Sequence[str], message: bytes) -> SendResult: ...
+
+    async def send_checked(self, prepare: Prepare, *, accepted: Accepted | None = None) -> SendResult | None:
+        """Send what ``prepare`` returns once a connection is ready, or nothing when it returns None.
+
+        ``prepare`` runs immediately before the transaction (again if a lost connection makes the
+        send start over), so what it checks holds when the message goes, not when it was queued.
+        ``accepted`` runs before the connection is handed to another send, so its outcome can be
+        recorded before the next transaction on that connection starts.
+        """
+        ...
 
     async def close(self) -> None: ...
 

@@ -31,8 +31,16 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from ..service.publish import send_batches
     from ..service.runtime import get_runtime
 
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     rt = get_runtime()
+    if rt.settings.embedded:
+        print(
+            "error: REDIS_URL is not set, so enqueued events would go nowhere (an in-process queue that ends "
+            "with this command). Set REDIS_URL to the service's Redis, or play the file with "
+            "`renewals simulate --events FILE --until TIME --outbox DIR`.",
+            file=sys.stderr,
+        )
+        return 2
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     good = bad = 0
     pending: list[str] = []
     with stream:
@@ -55,25 +63,22 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
                 pending.clear()
     send_batches(rt, pending)
     print(f"enqueued {good} event(s), rejected {bad}")
-    if rt.settings.embedded:
-        print("note: REDIS_URL is not set, so these went to an in-process queue that ends with this command")
     return 1 if bad else 0
 
 
-def _cmd_dead_letters(args: argparse.Namespace) -> int:
-    letters = _inspection_runtime().store.dead_letters(args.limit)
-    if args.json:
-        for letter in letters:
-            print(json.dumps(letter.__dict__))
-        return 0
-    if not letters:
-        print("no dead letters")
-    for letter in letters:
-        print(f"{letter.received_at}  {letter.reason}")
-        for field, message in letter.errors:
-            print(f"    {field or '(event)'}: {message}")
-        print(f"    raw: {letter.raw[:500]}")
-    return 0
+def _serving_runtime() -> Runtime:
+    """The runtime of `run` and `scheduler`, saying plainly when no one else can reach it."""
+    from ..service.runtime import get_runtime
+
+    rt = get_runtime()
+    if rt.settings.embedded:
+        print(
+            "warning: REDIS_URL is not set: this runs on an in-process store and queue that nothing outside this "
+            "process can reach (no `renewals enqueue`, no producer, no CLI view). To see the pipeline work, use "
+            "`renewals demo` or `renewals simulate`; to serve, set REDIS_URL.",
+            file=sys.stderr,
+        )
+    return rt
 
 
 def _inspection_runtime() -> Runtime:
@@ -88,13 +93,14 @@ def _inspection_runtime() -> Runtime:
 
 def _cmd_show_client(args: argparse.Namespace) -> int:
     from .inspect import describe_client
+    from .rules_view import rules_for_views
 
     rt = _inspection_runtime()
     state = rt.store.client_state(args.partner_id, args.client_id)
     if state.client is None and state.override is None and not state.services_ended:
         print(f"no events received for client {args.client_id} of partner {args.partner_id}", file=sys.stderr)
         return 1
-    print(describe_client(rt.store, args.partner_id, args.client_id, rt.settings.hubspot_contact_roles))
+    print(describe_client(rt, args.partner_id, args.client_id, rules=rules_for_views(rt)))
     return 0
 
 
@@ -134,6 +140,7 @@ def _timestamp(text: str) -> datetime:
 def _cmd_rules_check(args: argparse.Namespace) -> int:
     from ..config.rulefile import check_rules
     from ..config.settings import load_settings
+    from ..mail.digest_render import DigestRenderer
     from ..mail.render import Renderer
 
     settings = load_settings()
@@ -141,6 +148,7 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
     renderer = Renderer(settings.templates_dir)
     problems: list[str] = [str(p) for p in check_rules(path, known_templates=renderer.template_names())]
     problems.extend(f"{settings.templates_dir}: {p}" for p in renderer.check())
+    problems.extend(f"{settings.templates_dir}: {p}" for p in DigestRenderer(renderer).check())
     for problem in problems:
         print(problem)
     if problems:
@@ -271,13 +279,28 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .inspect import describe_plan
+    from .rules_view import rules_for_views
 
     rt = _inspection_runtime()
     state = rt.store.renewal_state(args.partner_id, args.renewal_id)
     if state.updated_at is None:
         print(f"no events received for renewal {args.renewal_id} of partner {args.partner_id}", file=sys.stderr)
         return 1
-    print(describe_plan(rt, args.partner_id, args.renewal_id))
+    print(describe_plan(rt, args.partner_id, args.renewal_id, rules=rules_for_views(rt)))
+    return 0
+
+
+def _cmd_requiring_action(args: argparse.Namespace) -> int:
+    from ..state.digests import DigestState
+    from .requiring_action import format_rows, partner_rows
+
+    rt = _inspection_runtime()
+    if rt.store.partner(args.partner_id) is None and not rt.store.renewal_ids(args.partner_id):
+        print(f"no events received for partner {args.partner_id}", file=sys.stderr)
+        return 1
+    rules = rt.rules()
+    _, rows = partner_rows(DigestState(rt.store), args.partner_id, rules, rt.clock.now(), user=args.user)
+    sys.stdout.write(format_rows(rows, args.format, horizon_days=rules.digest.horizon_days))
     return 0
 
 
@@ -285,7 +308,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..service.processes import run_service
 
     _log_info()
-    rt = _inspection_runtime()
+    rt = _serving_runtime()
     rt.rules()
     run_service(rt, threads=args.threads)
     return 0
@@ -295,7 +318,7 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     from ..service.processes import run_scheduler
 
     _log_info()
-    rt = _inspection_runtime()
+    rt = _serving_runtime()
     rt.rules()
     run_scheduler(rt)
     return 0
@@ -315,8 +338,52 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's help names its default, when it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or isinstance(default, list):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every parser and subparser of the command shows defaults and describes itself by its help line."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """A subcommand's description, when not given, is its one-line help (argparse leaves it empty)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                if not child.description and helps.get(name):
+                    child.description = helps[name]
+                _describe(child)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("renewal-worker")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="renewals", description=__doc__)
+    from . import history, steering
+
+    parser = _Parser(prog="renewals", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"renewals {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the bundled examples on the embedded default and print who gets what")
@@ -343,9 +410,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_simulate)
 
     p = sub.add_parser("plan", help="a renewal's reminders: due times, state and recipients now")
-    p.add_argument("partner_id")
-    p.add_argument("renewal_id")
+    p.add_argument("partner_id", help="the partner's id")
+    p.add_argument("renewal_id", help="the renewal's id (unique within the partner)")
     p.set_defaults(handler=_cmd_plan)
+
+    p = sub.add_parser(
+        "requiring-action", help="a partner's renewals requiring action (the digest's table), or one user's"
+    )
+    p.add_argument("partner_id")
+    p.add_argument("--user", help="only the renewals in this partner user's digest (email)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(handler=_cmd_requiring_action)
 
     rules = sub.add_parser("rules", help="rule files").add_subparsers(dest="what", required=True)
     p = rules.add_parser("check", help="validate a rule file (and the templates it names); exit 1 on any problem")
@@ -376,20 +451,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSON Lines file, or - for standard input")
     p.set_defaults(handler=_cmd_enqueue)
 
-    p = sub.add_parser("dead-letters", help="list rejected events with the reason, newest first")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true", help="one JSON object a line")
-    p.set_defaults(handler=_cmd_dead_letters)
-
     show = sub.add_parser("show", help="show stored state").add_subparsers(dest="what", required=True)
     p = show.add_parser("client", help="a client, its effective owner and who a reminder would go to, and why")
-    p.add_argument("partner_id")
-    p.add_argument("client_id")
+    p.add_argument("partner_id", help="the partner's id")
+    p.add_argument("client_id", help="the client's id (unique within the partner)")
     p.set_defaults(handler=_cmd_show_client)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the event contract")
     p.add_argument("--output", "-o", help="write to this file instead of standard output")
     p.set_defaults(handler=_cmd_schema)
+    history.register(sub, _inspection_runtime)
+    steering.register(sub, _inspection_runtime)
+    _describe(parser)
     return parser
 
 

@@ -17,7 +17,9 @@ from ..domain.errors import InvalidEvent
 from ..domain.events import parse_event
 from ..service.actors import DELIVERIES_QUEUE, EVENTS_QUEUE
 from ..service.clock import VirtualClock
+from ..service.digests import DigestScheduler, next_digest_due
 from ..service.runtime import Runtime, build_runtime, set_runtime
+from ..state.digests import DigestState
 from ..state.ledger import Outcome
 from ..state.schedule import Scheduler
 
@@ -26,6 +28,9 @@ __all__ = ["SimulationReport", "TimelineEntry", "simulate"]
 
 @dataclass(frozen=True)
 class TimelineEntry:
+    """One final outcome: of a reminder of a renewal, or of a digest (``renewal_id`` is then the user's email
+    and ``reminder_id`` the period, ``digest/2026-W49``)."""
+
     partner_id: str
     renewal_id: str
     reminder_id: str
@@ -51,6 +56,8 @@ class _Simulation:
         self.rt = rt
         self.clock = clock
         self.scheduler = Scheduler(rt.due_index, rt.actors.enqueue_deliveries, clock.now, lease_ms=60_000)
+        self.digest_state = DigestState(rt.store)
+        self.digests = DigestScheduler(self.digest_state, rt.rules, rt.actors.enqueue_digest)
 
     def drain(self) -> None:
         self.rt.broker.join(EVENTS_QUEUE, timeout=60_000)
@@ -59,15 +66,24 @@ class _Simulation:
         # A final reminder marks its renewal: planning it again indexes the renewal's next reminder.
         self.rt.planning.flush(self.rt.rules(), self.clock.now())
 
+    def tick(self) -> None:
+        """What a scheduler's tick does now: enqueue due reminders and digests, then let the worker drain."""
+        self.scheduler.run_once()
+        self.digests.run_once(self.clock.now())
+        self.drain()
+
     def advance_to(self, target: datetime) -> None:
         """Deliver, in due order, everything due at or before ``target``, moving the clock as it goes."""
         while True:
-            upcoming = self.rt.due_index.next_due()
+            moments = [
+                self.rt.due_index.next_due(),
+                next_digest_due(self.digest_state, self.rt.rules(), self.clock.now()),
+            ]
+            upcoming = min((m for m in moments if m is not None), default=None)
             if upcoming is None or upcoming > target:
                 break
             self.clock.advance_to(upcoming)
-            self.scheduler.run_once()
-            self.drain()
+            self.tick()
         self.clock.advance_to(target)
 
 
@@ -114,7 +130,7 @@ def simulate(
         for event, line in parsed:
             sim.advance_to(event.occurred_at)
             rt.actors.ingest.send(line)
-            sim.drain()
+            sim.tick()
         sim.advance_to(until)
     report.events = rt.store.event_stats()
     report.timeline = _timeline(rt)
@@ -129,6 +145,9 @@ def _timeline(rt: Runtime) -> list[TimelineEntry]:
         for renewal_id in rt.store.renewal_ids(partner_id):
             for reminder_id, outcome in rt.ledger.outcomes(partner_id, renewal_id).items():
                 entries.append(TimelineEntry(partner_id, renewal_id, reminder_id, outcome))
+        # A digest is shown as partner/<user email> digest/<period>.
+        for email, period_id, outcome in DigestState(rt.store).outcomes(partner_id):
+            entries.append(TimelineEntry(partner_id, email, period_id, outcome))
     entries.sort(key=lambda e: (e.outcome.at, e.renewal_id, e.reminder_id))
     return entries
 
@@ -173,6 +192,8 @@ def print_report(report: SimulationReport, outbox: Path) -> None:
     print(f"events: {events or 'none'}; {len(report.rejected)} rejected before the queue; emails in {outbox}/\n")
     for entry in report.timeline:
         o = entry.outcome
+        if o.reason == "nothing_requires_action":
+            continue  # a digest with nothing in it: counted in the totals, not worth a line
         head = f"{o.at:%Y-%m-%d %H:%M} UTC  {entry.partner_id}/{entry.renewal_id} {entry.reminder_id}: {o.kind}"
         if o.kind == "sent":
             print(f"{head} [{o.extra.get('locale', '?')}]")

@@ -17,6 +17,7 @@ from ..domain.events import Event, parse_event
 from ..state.schedule import DueItem
 from .context import Context
 from .delivery import deliver_many
+from .digests import deliver_digest_message
 
 __all__ = [
     "DELIVERIES_QUEUE",
@@ -176,7 +177,7 @@ async def deliver_batch(rt: Context, items: list[list[Any]]) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
     refs = [(str(pid), str(rid), str(rem)) for pid, rid, rem, _ in items]
-    results = await deliver_many(rt, refs, last_try=retries >= rt.settings.delivery_max_retries)
+    results = await deliver_many(rt, refs, last_try=retries >= rt.settings.delivery_max_retries, attempt=retries + 1)
     errors = []
     for (partner_id, renewal_id, reminder_id), item, result in zip(refs, items, results, strict=True):
         due = _due_text(item[3])
@@ -220,6 +221,9 @@ class Actors:
         async def deliver_batch_actor(items: list[list[Any]]) -> None:
             await deliver_batch(rt, items)
 
+        async def deliver_digest_actor(partner_id: str, period_id: str) -> None:
+            await deliver_digest_message(rt, partner_id, period_id)
+
         self.ingest = dramatiq.actor(
             broker=broker,
             actor_name="ingest_event",
@@ -256,6 +260,15 @@ class Actors:
             max_backoff=settings.delivery_max_backoff_ms,
             throws=(PermanentError,),
         )(deliver_batch_actor)
+        self.deliver_digest = dramatiq.actor(
+            broker=broker,
+            actor_name="deliver_digest",
+            queue_name=DELIVERIES_QUEUE,
+            max_retries=settings.delivery_max_retries,
+            min_backoff=settings.delivery_min_backoff_ms,
+            max_backoff=settings.delivery_max_backoff_ms,
+            throws=(PermanentError,),
+        )(deliver_digest_actor)
         self.delivery_batch_size = settings.delivery_batch_size
 
     def enqueue_deliveries(self, items: list[DueItem]) -> None:
@@ -265,3 +278,7 @@ class Actors:
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             self.deliver_batch.send([[i.partner_id, i.renewal_id, i.reminder_id, i.due_ms] for i in chunk])
+
+    def enqueue_digest(self, partner_id: str, period_id: str) -> None:
+        """One message per partner and period: the worker works out each user's digest when it runs."""
+        self.deliver_digest.send(partner_id, period_id)

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 
 import idna
+import redis
 
 from ..domain.decision import Send, Skip, Wait, decide, reply_to
 from ..domain.errors import PermanentSendError, TransientError
+from ..domain.events import Person
+from ..domain.planner import Plan
+from ..domain.rules import RuleSet
 from ..mail.message import build_message, envelope_recipients, message_id_for
+from ..mail.transport import Envelope, SendResult
+from ..state.history import HistoryEntry
 from ..state.ledger import Outcome, ReminderRef, due_member
+from ..state.planning import RenewalView
+from ..state.suppressions import Suppression
 from .context import Context
+from .recorder import Recorder, keep_leases_alive, wait_for_redis
 
 __all__ = ["LeaseBusy", "deliver", "deliver_many"]
 
@@ -44,135 +55,369 @@ def _envelope_sender(mail_from: str) -> str:
     return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}" if domain else local
 
 
-async def deliver(rt: Context, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool) -> str:
+async def deliver(
+    rt: Context, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool, attempt: int = 1
+) -> str:
     """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...).
 
     Raises what a retry may fix (a deferred send, a lost connection, a busy lease).
     """
-    (result,) = await deliver_many(rt, [(partner_id, renewal_id, reminder_id)], last_try=last_try)
+    (result,) = await deliver_many(rt, [(partner_id, renewal_id, reminder_id)], last_try=last_try, attempt=attempt)
     if isinstance(result, Exception):
         raise result
     return result
 
 
-async def deliver_many(rt: Context, refs: Sequence[ReminderRef], *, last_try: bool) -> list[str | Exception]:
-    """Deliver reminders at most once each, with Redis read and written a few times per batch.
+async def deliver_many(
+    rt: Context, refs: Sequence[ReminderRef], *, last_try: bool, attempt: int = 1
+) -> list[str | Exception]:
+    """Deliver reminders at most once each, each checked against the state as its transaction starts.
 
-    The state is read for all, each is decided on its own, claimed in one round trip, then the
-    emails go out concurrently over the mailer's connections and every outcome is written in one
-    round trip. Per reminder: what happened, or the exception that a retry may fix (its lease is
-    given back and its scheduler claim held until the retry).
+    The batch reads the state for all and claims the lease on each reminder to send in two round
+    trips; then each send, once it has an SMTP connection in hand, reads its renewal, client and
+    partner again (one round trip, which also writes the outcomes accepted meanwhile), decides and
+    renders from that, and sends. Per reminder: what happened, or the exception that a retry may
+    fix (its lease is given back and its scheduler claim held until the retry). ``attempt`` (1 for
+    the first try) goes into the history with each outcome and deferral.
     """
     now = rt.clock.now()
     rules = rt.rules()
     views = rt.planning.views([(pid, rid) for pid, rid, _ in refs])
     results: list[str | Exception] = [""] * len(refs)
-    batch = _Batch()
-    sends: list[tuple[int, Send, bool]] = []
+    recorder = Recorder(rt.ledger, attempt=attempt)
+    sends: list[tuple[int, Send, str, bool]] = []
     replan: list[tuple[str, str]] = []
     for i, (ref, view) in enumerate(zip(refs, views, strict=True)):
         partner_id, renewal_id, reminder_id = ref
+        if view.renewal.renewal is not None:
+            recorder.clients[ref] = view.renewal.renewal.client_id
         if reminder_id in view.outcomes:
-            batch.release.append(due_member(*ref))
+            recorder.add(release=[due_member(*ref)])
             results[i] = "already_final"
             continue
-        client = view.client
         plan = view.plan(rules, now)
+        decision = _decide(rt, view, reminder_id, plan, rules, now)
         # Once this reminder is final, the renewal is planned again when another reminder follows:
         # the due index holds only each renewal's next one.
         plan_next = any(p.reminder_id != reminder_id for p in plan.planned)
-        decision = decide(
-            reminder_id,
-            plan,
-            renewal=view.renewal.renewal,
-            client=client.client if client else None,
-            partner=view.partner,
-            override=client.override if client else None,
-            rules=rules,
-            now=now,
-            contact_roles=rt.settings.hubspot_contact_roles,
-        )
         if isinstance(decision, Wait):
             # The renewal changed after this reminder was claimed: hand it back to planning.
-            batch.release.append(due_member(*ref))
+            recorder.add(release=[due_member(*ref)])
             replan.append((partner_id, renewal_id))
             results[i] = "waiting"
         elif isinstance(decision, Skip):
-            batch.finish.append((ref, Outcome("skipped", now, reason=decision.reason), "", plan_next))
+            recorder.add((ref, Outcome("skipped", now, reason=decision.reason), "", plan_next))
             results[i] = f"skipped:{decision.reason}"
         else:
-            sends.append((i, decision, plan_next))
+            sends.append((i, decision, decision.client.client_id, plan_next))
     if replan:
-        rt.due_index.release(*batch.release)  # out of the claimed set before re-planning
-        batch.release = []
+        recorder.write_now()  # out of the claimed set before re-planning
         for partner_id, renewal_id in replan:
             rt.planning.replan(partner_id, renewal_id, rules, now)
 
-    # One round trip: the lease on each reminder to send, and which of its recipients are suppressed.
+    lease_ms = rt.ledger.lease_ms
+    # One round trip: the lease on each reminder to send, and the scheduler's claim cut to one lease
+    # (renewed below while this worker lives), so a dead worker's reminders come back in seconds.
     claims = rt.ledger.claim_many(
-        [(refs[i], [r.person.email for r in send.routing.to + send.routing.cc]) for i, send, _ in sends]
+        [(refs[i], []) for i, _, _, _ in sends], hold_claims_until_ms=_epoch_ms(rt.clock.now()) + lease_ms
     )
+    leases: dict[ReminderRef, str] = {}
+    checks = _Checks(rt, recorder)
     attempts = []
-    for (i, send, plan_next), (claim, token, flags) in zip(sends, claims, strict=True):
+    for (i, send, client_id, plan_next), (claim, token, _) in zip(sends, claims, strict=True):
         ref = refs[i]
         if claim == "final":
-            batch.release.append(due_member(*ref))
+            recorder.add(release=[due_member(*ref)])
             results[i] = "already_final"
         elif claim == "busy":
             _keep_claim(rt, *ref)
             results[i] = LeaseBusy(f"{ref[1]}/{ref[2]} is being sent by another worker")
         else:
-            attempt = _attempt(
-                rt, ref, send, token, flags, now=now, last_try=last_try, plan_next=plan_next, batch=batch
-            )
-            attempts.append((i, attempt))
+            leases[ref] = token
+            job = _Send(rt, ref, token, client_id, send, rules=rules, plan_next=plan_next, last_try=last_try)
+            attempts.append((i, job.run(recorder, checks, leases)))
+    recorder.waiting = len(attempts)
+    keeper = asyncio.ensure_future(
+        keep_leases_alive(rt.ledger, leases, lease_ms=lease_ms, now_ms=lambda: _epoch_ms(rt.clock.now()))
+    )
     try:
         done = await asyncio.gather(*(a for _, a in attempts), return_exceptions=True) if attempts else []
     finally:
-        # Even when cancelled half-way (a worker stopping): what the server accepted is recorded.
-        rt.ledger.finish_many(batch.finish, suppress=batch.suppress, release=batch.release)
+        keeper.cancel()
+        # Even when cancelled half-way (a worker stopping), or with Redis away for a while: what the
+        # server accepted is recorded before the message is acknowledged.
+        await recorder.flush(wait_s=rt.settings.outcome_write_wait_s)
     for (i, _), result in zip(attempts, done, strict=True):
         if not isinstance(result, (str, Exception)):
             raise result  # cancelled: its lease is back and its claim held for the retry
         results[i] = result
+    if any(isinstance(r, redis.RedisError) for r in results):
+        # dramatiq needs Redis to enqueue the retry: wait for it here rather than lose the message.
+        await wait_for_redis(lambda: bool(rt.ledger.redis.ping()), wait_s=rt.settings.outcome_write_wait_s)
     return results
 
 
-class _Batch:
-    """What one batch writes at its end, in one round trip."""
-
-    def __init__(self) -> None:
-        self.finish: list[tuple[ReminderRef, Outcome, str, bool]] = []
-        self.suppress: list[str] = []
-        self.release: list[str | bytes] = []
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
-async def _attempt(
-    rt: Context,
-    ref: ReminderRef,
-    send: Send,
-    token: str,
-    flags: list[bool],
-    *,
-    now: datetime,
-    last_try: bool,
-    plan_next: bool,
-    batch: _Batch,
-) -> str | Exception:
-    """Render, build and send one claimed reminder; its outcome goes into ``batch``."""
-    partner_id, renewal_id, reminder_id = ref
-    people_to = [r.person for r in send.routing.to]
-    people_cc = [r.person for r in send.routing.cc]
-    to = [p for p, flag in zip(people_to, flags[: len(people_to)], strict=True) if not flag]
-    cc = [p for p, flag in zip(people_cc, flags[len(people_to) :], strict=True) if not flag]
-    suppressed = [p.email for p, flag in zip(people_to + people_cc, flags, strict=True) if flag]
-    if not to:
-        outcome = Outcome("suppressed", now, reason="every recipient is suppressed", extra={"addresses": suppressed})
-        batch.finish.append((ref, outcome, token, plan_next))
-        return "suppressed"
+def _decide(
+    rt: Context, view: RenewalView, reminder_id: str, plan: Plan, rules: RuleSet, now: datetime
+) -> Send | Skip | Wait:
+    client = view.client
+    return decide(
+        reminder_id,
+        plan,
+        renewal=view.renewal.renewal,
+        client=client.client if client else None,
+        partner=view.partner,
+        override=client.override if client else None,
+        rules=rules,
+        now=now,
+        contact_roles=rt.settings.hubspot_contact_roles,
+    )
 
-    message_id = message_id_for(partner_id, renewal_id, reminder_id, domain=_from_domain(rt.settings.mail_from))
-    try:
+
+class _Checks:
+    """The pre-send reads of one batch: those that start together go to Redis in one pipeline.
+
+    The pipeline runs in a thread, so the event loop goes on with the other sends meanwhile, and it
+    carries the outcomes waiting to be written (see ``Recorder``). While one is in flight, the
+    reads asked for meanwhile gather for the next.
+    """
+
+    def __init__(self, rt: Context, recorder: Recorder) -> None:
+        self._rt = rt
+        self._recorder = recorder
+        self._asked: list[tuple[tuple[str, str, str], list[str], asyncio.Future[tuple[list[bool], RenewalView]]]] = []
+        self._running = False
+        self._drainer: asyncio.Future[None] | None = None
+
+    async def read(
+        self, partner_id: str, renewal_id: str, client_id: str, emails: list[str]
+    ) -> tuple[list[bool], RenewalView]:
+        """The renewal's state now, and whether each of ``emails`` is suppressed."""
+        future: asyncio.Future[tuple[list[bool], RenewalView]] = asyncio.get_running_loop().create_future()
+        self._asked.append(((partner_id, renewal_id, client_id), emails, future))
+        if not self._running:
+            self._running = True
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._asked:
+                asked, self._asked = self._asked, []
+                try:
+                    results = await self._read(asked)
+                except BaseException as exc:
+                    for _, _, future in asked:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, _, future), result in zip(asked, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._running = False
+
+    async def _read(
+        self, asked: list[tuple[tuple[str, str, str], list[str], asyncio.Future[tuple[list[bool], RenewalView]]]]
+    ) -> list[tuple[list[bool], RenewalView]]:
+        rt, recorder = self._rt, self._recorder
+        pending = recorder.take()
+        suppressed_key = rt.ledger.keys.suppressed()
+
+        def before(pipe: redis.client.Pipeline) -> int:
+            count = recorder.queue(pipe, pending)
+            for _, emails, _ in asked:
+                pipe.smismember(suppressed_key, [e.casefold() for e in emails])
+            return count + len(asked)
+
+        head, views = await asyncio.to_thread(
+            rt.planning.recheck, [request for request, _, _ in asked], before=before, scripts=[rt.ledger.finish_script]
+        )
+        recorder.done(pending)
+        flags = [[bool(v) for v in reply] for reply in head[len(head) - len(asked) :]]
+        return list(zip(flags, views, strict=True))
+
+
+@dataclass(frozen=True)
+class _Built:
+    """Who the message built at the check went to, for its outcome once the server accepts it."""
+
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    locale: str
+    suppressed: list[str]
+
+
+class _Send:
+    """One claimed reminder: checked, rendered and built again each time a connection is ready for it."""
+
+    def __init__(
+        self,
+        rt: Context,
+        ref: ReminderRef,
+        token: str,
+        client_id: str,
+        send: Send,
+        *,
+        rules: RuleSet,
+        plan_next: bool,
+        last_try: bool,
+    ) -> None:
+        self.rt, self.ref, self.token, self.client_id, self.send = rt, ref, token, client_id, send
+        self.rules, self.plan_next, self.last_try = rules, plan_next, last_try
+        self.message_id = message_id_for(*ref, domain=_from_domain(rt.settings.mail_from))
+        self.started = False
+        self.stopped: str | None = None
+        self.sent: _Built | None = None
+
+    async def run(self, recorder: Recorder, checks: _Checks, leases: dict[ReminderRef, str]) -> str | Exception:
+        rt, ref = self.rt, self.ref
+        partner_id, renewal_id, reminder_id = ref
+        try:
+            result = await rt.mailer.send_checked(
+                lambda: self._prepare(recorder, checks), accepted=lambda r: self._accepted(recorder, r)
+            )
+        except ValueError as exc:
+            # The data cannot make a valid message (build_message refuses it): no retry can help.
+            self._finish(
+                recorder,
+                Outcome("failed", rt.clock.now(), reason="invalid_message", message_id=self.message_id, reply=str(exc)),
+            )
+            _log.error("%s/%s/%s cannot be built: %s", partner_id, renewal_id, reminder_id, exc)
+            return "failed"
+        except PermanentSendError as exc:
+            recorder.add(suppress=self._refused(dict.fromkeys(exc.recipients, str(exc))))
+            self._finish(
+                recorder,
+                Outcome("failed", rt.clock.now(), reason="refused", message_id=self.message_id, reply=str(exc)),
+            )
+            _log.error("%s/%s/%s refused: %s", partner_id, renewal_id, reminder_id, exc)
+            return "failed"
+        except Exception as exc:
+            # Deferred sends, lost connections, Redis away at the check, a template or SMTP login ops
+            # can fix before retries run out, or a bug: retried with backoff, failed on the last try.
+            self._not_started(recorder)
+            self._give_back(keep_claim=not self.last_try or isinstance(exc, redis.RedisError))
+            if not self.last_try or isinstance(exc, redis.RedisError):
+                recorder.add(history=[self._deferral(recorder, exc)])
+                return exc
+            self._finish(
+                recorder,
+                Outcome(
+                    "failed", rt.clock.now(), reason="retries exhausted", message_id=self.message_id, reply=str(exc)
+                ),
+                token="",
+            )
+            _log.error("%s/%s/%s failed after retries: %s", partner_id, renewal_id, reminder_id, exc)
+            return "failed"
+        except BaseException:
+            self._not_started(recorder)
+            self._give_back(keep_claim=True)
+            raise
+        finally:
+            leases.pop(ref, None)
+        if result is None:
+            return self.stopped or "stopped"
+        return "sent"
+
+    def _refused(self, replies: dict[str, str]) -> list[Suppression]:
+        """Recipients the server refused for good (5xx): suppressed with its reply and this reminder, and logged."""
+        if not replies:
+            return []
+        source, now = "/".join(self.ref), self.rt.clock.now()
+        _log.warning(
+            "reminder %s: refused and now suppressed: %s", source, "; ".join(f"{a} ({r})" for a, r in replies.items())
+        )
+        return [Suppression(a, now, "refused by the mail server", reply=r, source=source) for a, r in replies.items()]
+
+    def _deferral(self, recorder: Recorder, exc: Exception) -> HistoryEntry:
+        partner_id, renewal_id, reminder_id = self.ref
+        return HistoryEntry(
+            "deferral",
+            self.rt.clock.now(),
+            "deferred",
+            partner=partner_id,
+            client=self.client_id,
+            renewal=renewal_id,
+            reminder=reminder_id,
+            reason=type(exc).__name__,
+            message_id=self.message_id,
+            reply=str(exc),
+            attempt=recorder.attempt,
+        )
+
+    def _not_started(self, recorder: Recorder) -> None:
+        if not self.started:
+            self.started = True
+            recorder.waiting -= 1
+
+    def _give_back(self, *, keep_claim: bool) -> None:
+        """Hand the lease back without an outcome, and hold the scheduler's claim for the retry."""
+        with contextlib.suppress(redis.RedisError):  # Redis away: the lease and claim run out by themselves
+            self.rt.ledger.release(*self.ref, self.token)
+            if keep_claim:
+                _keep_claim(self.rt, *self.ref)
+
+    def _failed(self, recorder: Recorder, reason: str, exc: BaseException, *, token: str | None = None) -> None:
+        outcome = Outcome("failed", self.rt.clock.now(), reason=reason, message_id=self.message_id, reply=str(exc))
+        self._finish(recorder, outcome, token=token)
+
+    def _finish(self, recorder: Recorder, outcome: Outcome, *, token: str | None = None) -> None:
+        recorder.add((self.ref, outcome, self.token if token is None else token, self.plan_next))
+
+    async def _prepare(self, recorder: Recorder, checks: _Checks) -> Envelope | None:
+        """The check at send time: state, ledger and suppressions read now, decided, rendered, built."""
+        self._not_started(recorder)
+        rt, (partner_id, renewal_id, reminder_id) = self.rt, self.ref
+        emails = [r.person.email for r in self.send.routing.to + self.send.routing.cc]
+
+        flags, view = await checks.read(partner_id, renewal_id, self.client_id, emails)
+        now = rt.clock.now()
+        if reminder_id in view.outcomes:
+            return self._stop(recorder, "already_final", release=True)
+        plan = view.plan(self.rules, now)
+        decision = _decide(rt, view, reminder_id, plan, self.rules, now)
+        if isinstance(decision, Wait):
+            rt.ledger.release(*self.ref, self.token)
+            rt.due_index.release(due_member(*self.ref))
+            rt.planning.replan(partner_id, renewal_id, self.rules, now)
+            return self._stop(recorder, "waiting")
+        if isinstance(decision, Skip):
+            self._finish(recorder, Outcome("skipped", now, reason=decision.reason))
+            return self._stop(recorder, f"skipped:{decision.reason}")
+        people = [r.person for r in decision.routing.to + decision.routing.cc]
+        if [p.email for p in people] != emails:
+            flags = rt.ledger.is_suppressed([p.email for p in people])  # recipients changed since the batch read
+        return self._build(recorder, decision, flags, now)
+
+    def _stop(self, recorder: Recorder, result: str, *, release: bool = False) -> Envelope | None:
+        """No message now: ``result`` says what happened instead (the send returns None)."""
+        self.stopped = result
+        if release:
+            recorder.add(release=[due_member(*self.ref)])
+            with contextlib.suppress(redis.RedisError):
+                self.rt.ledger.release(*self.ref, self.token)
+        return None
+
+    def _build(self, recorder: Recorder, send: Send, flags: list[bool], now: datetime) -> Envelope | None:
+        rt, (partner_id, renewal_id, reminder_id) = self.rt, self.ref
+        people_to = [r.person for r in send.routing.to]
+        people_cc = [r.person for r in send.routing.cc]
+        to = [p for p, flag in zip(people_to, flags[: len(people_to)], strict=True) if not flag]
+        cc = [p for p, flag in zip(people_cc, flags[len(people_to) :], strict=True) if not flag]
+        suppressed = [p.email for p, flag in zip(people_to + people_cc, flags, strict=True) if flag]
+        if not to:
+            outcome = Outcome(
+                "suppressed", now, reason="every recipient is suppressed", extra={"addresses": suppressed}
+            )
+            self._finish(recorder, outcome)
+            return self._stop(recorder, "suppressed")
         rendered = rt.renderer.render(
             send.template,
             audience=send.audience,
@@ -190,56 +435,25 @@ async def _attempt(
             to=to,
             cc=cc,
             reply_to=reply_to(send),
-            message_id=message_id,
+            message_id=self.message_id,
             # Renewal ids are unique per partner only: the partner id makes the tag name one reminder.
             reminder_tag=f"{partner_id}/{renewal_id}/{reminder_id}",
             sent_at=now,
         )
-        result = await rt.mailer.send(
-            sender=_envelope_sender(rt.settings.mail_from), recipients=envelope_recipients(to, cc), message=data
+        self.sent = _Built(tuple(p.email for p in to), tuple(p.email for p in cc), rendered.locale, suppressed)
+        return Envelope(_envelope_sender(rt.settings.mail_from), envelope_recipients(to, cc), data)
+
+    def _accepted(self, recorder: Recorder, result: SendResult) -> None:
+        """The server took the message: recorded before this connection carries another one."""
+        sent = self.sent
+        assert sent is not None  # built by _prepare before the transaction
+        extra: dict[str, object] = {"locale": sent.locale}
+        if result.refused:
+            extra["refused"] = dict(result.refused)
+        if sent.suppressed:
+            extra["suppressed"] = sent.suppressed
+        now = self.rt.clock.now()
+        outcome = Outcome(
+            "sent", now, message_id=self.message_id, to=sent.to, cc=sent.cc, reply=result.reply, extra=extra
         )
-    except ValueError as exc:
-        # The data cannot make a valid message (build_message refuses it): no retry can help.
-        outcome = Outcome("failed", now, reason="invalid_message", message_id=message_id, reply=str(exc))
-        batch.finish.append((ref, outcome, token, plan_next))
-        _log.error("%s/%s cannot be built: %s", renewal_id, reminder_id, exc)
-        return "failed"
-    except PermanentSendError as exc:
-        batch.suppress.extend(exc.recipients)
-        outcome = Outcome("failed", now, reason="refused", message_id=message_id, reply=str(exc))
-        batch.finish.append((ref, outcome, token, plan_next))
-        _log.error("%s/%s refused: %s", renewal_id, reminder_id, exc)
-        return "failed"
-    except Exception as exc:
-        # Deferred sends, lost connections, a template or SMTP login ops can fix before retries
-        # run out, or a bug: retried with backoff, and recorded as failed on the last try.
-        rt.ledger.release(partner_id, renewal_id, reminder_id, token)
-        if not last_try:
-            _keep_claim(rt, partner_id, renewal_id, reminder_id)
-            return exc
-        outcome = Outcome("failed", now, reason="retries exhausted", message_id=message_id, reply=str(exc))
-        batch.finish.append((ref, outcome, "", plan_next))
-        _log.error("%s/%s failed after retries: %s", renewal_id, reminder_id, exc)
-        return "failed"
-    except BaseException:
-        rt.ledger.release(partner_id, renewal_id, reminder_id, token)
-        _keep_claim(rt, partner_id, renewal_id, reminder_id)
-        raise
-    batch.suppress.extend(result.refused)
-    extra: dict[str, object] = {"locale": rendered.locale}
-    if result.refused:
-        extra["refused"] = dict(result.refused)
-    if suppressed:
-        extra["suppressed"] = suppressed
-    # Recorded when the server accepted it (the Date header carries when it was written).
-    outcome = Outcome(
-        "sent",
-        rt.clock.now(),
-        message_id=message_id,
-        to=tuple(p.email for p in to),
-        cc=tuple(p.email for p in cc),
-        reply=result.reply,
-        extra=extra,
-    )
-    batch.finish.append((ref, outcome, token, plan_next))
-    return "sent"
+        recorder.accepted((self.ref, outcome, self.token, self.plan_next), suppress=self._refused(dict(result.refused)))

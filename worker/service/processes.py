@@ -6,10 +6,15 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import cast
 
 import dramatiq
+import redis
 
+from ..state.digests import DigestState
+from ..state.rules_in_force import StoredRules, publish_rules
 from ..state.schedule import Scheduler
+from .digests import DigestScheduler
 from .runtime import Runtime
 
 __all__ = ["build_scheduler", "log_start", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
@@ -21,15 +26,27 @@ def sync_rules(rt: Runtime) -> bool:
     """Re-plan everything when the rules in force differ from those the due index was planned with.
 
     The fingerprint in Redis is swapped atomically (SET ... GET), so of many schedulers seeing the
-    same edit, one re-plans.
+    same edit, one re-plans. The rules' text goes to Redis too, for the CLI's views.
     """
     rules = rt.rules()
     previous = rt.redis.set(rt.keys.rules_fingerprint(), rules.fingerprint, get=True)
     if previous is not None and previous.decode() == rules.fingerprint:
+        _publish_rules(rt)
         return False
+    _publish_rules(rt)
     _log.info("rules %s in force: re-planning every renewal", rules.fingerprint[:12])
     rt.planning.replan_all(rules, rt.clock.now())
     return True
+
+
+def _publish_rules(rt: Runtime) -> None:
+    """Keep the text of the rules in force in Redis (written only when what is there differs)."""
+    rules = rt.rules()
+    stored = cast(bytes | None, rt.redis.hget(rt.keys.rules_in_force(), "fingerprint"))
+    if stored is not None and stored.decode() == rules.fingerprint:
+        return
+    text = rt.rules_watcher.text
+    publish_rules(rt.redis, rt.keys, StoredRules(text, rules.fingerprint, str(rt.settings.rules_path), rt.clock.now()))
 
 
 def plan_pending(rt: Runtime) -> None:
@@ -41,12 +58,24 @@ def plan_pending(rt: Runtime) -> None:
 
 
 def build_scheduler(rt: Runtime) -> Scheduler:
+    digests = DigestScheduler(DigestState(rt.store), rt.rules, rt.actors.enqueue_digest)
+
+    def tick() -> None:
+        plan_pending(rt)
+        try:
+            digests.maybe_run(rt.clock.now())
+        except redis.ConnectionError:
+            raise
+        except Exception:
+            # A digest is a convenience: a fault in finding who is due must never hold up reminders.
+            _log.exception("looking for partners due a digest failed; reminders go on")
+
     return Scheduler(
         rt.due_index,
         rt.actors.enqueue_deliveries,
         rt.clock.now,
-        lease_ms=60_000,
-        on_tick=lambda: plan_pending(rt),
+        lease_ms=int(rt.settings.claim_lease_s * 1000),
+        on_tick=tick,
     )
 
 

@@ -14,6 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from ..config.settings import Settings, load_settings
+from ..state.history import History
 from ..state.keys import Keys
 from ..state.ledger import Ledger
 from ..state.planning import Planning
@@ -163,8 +164,8 @@ def build_runtime(
         store=store,
         clock=clock or SystemClock(),
         keys=keys,
-        ledger=Ledger(client, keys, lease_ms=settings.send_lease_ms),
-        due_index=DueIndex(client, keys),
+        ledger=Ledger(client, keys, lease_ms=settings.send_lease_ms, history_days=settings.history_days),
+        due_index=DueIndex(client, keys, history=History(client, keys, days=settings.history_days)),
         planning=Planning(client, store, keys),
     )
     broker.add_middleware(CloseMailer(runtime.close_mailer))

@@ -95,3 +95,23 @@ class Keys:
 
     def rules_fingerprint(self) -> str:
         return f"{self.prefix}:rules:fingerprint"
+
+    def digest_periods(self) -> str:
+        """Hash: partner id -> the id of the last digest period enqueued for it (``digest/2026-W49``)."""
+        return f"{self.prefix}:digest:periods"
+
+    def rules_in_force(self) -> str:
+        """Hash: the text, fingerprint, source and load time of the rules the scheduler plans with."""
+        return f"{self.prefix}:rules:in-force"
+
+    def history(self) -> str:
+        """Stream of every final outcome, deferral and steering command, trimmed by age (HISTORY_DAYS)."""
+        return f"{self.prefix}:history"
+
+    def suppression_info(self) -> str:
+        """Hash: suppressed address -> JSON of when, why and by what (the set ``suppressed`` stays the check)."""
+        return f"{self.prefix}:suppressed:info"
+
+    def attempts(self, partner_id: str, renewal_id: str) -> str:
+        """Hash: reminder id -> JSON of its deferred attempts so far and the last error (expires on its own)."""
+        return f"{self.renewal(partner_id, renewal_id)}:attempts"

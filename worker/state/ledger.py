@@ -11,9 +11,11 @@ from typing import Any, Literal
 
 import redis
 
+from .history import History, HistoryEntry
 from .keys import SEP, Keys
 from .scripts import LuaScript, run_pipeline
 from .store import dirty_member
+from .suppressions import Suppression, Suppressions
 
 __all__ = ["ClaimResult", "Ledger", "Outcome", "OutcomeKind", "ReminderRef", "due_member", "parse_due_member"]
 
@@ -94,6 +96,11 @@ if ARGV[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5]) end
 return written
 """
 
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -101,13 +108,16 @@ return 0
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, keys: Keys, *, lease_ms: int = 300_000) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, lease_ms: int = 300_000, history_days: int = 90) -> None:
         self.redis = client
         self.keys = keys
         self.lease_ms = lease_ms
+        self.history = History(client, keys, days=history_days)
+        self.suppressions = Suppressions(client, keys)
         self._claim = LuaScript(client, _CLAIM)
         self._finish = LuaScript(client, _FINISH)
         self._release = LuaScript(client, _RELEASE)
+        self._renew = LuaScript(client, _RENEW)
 
     def claim(
         self, partner_id: str, renewal_id: str, reminder_id: str, *, check_suppressed: Sequence[str] = ()
@@ -120,9 +130,13 @@ class Ledger:
         return self.claim_many([((partner_id, renewal_id, reminder_id), check_suppressed)])[0]
 
     def claim_many(
-        self, requests: Sequence[tuple[ReminderRef, Sequence[str]]]
+        self, requests: Sequence[tuple[ReminderRef, Sequence[str]]], *, hold_claims_until_ms: int | None = None
     ) -> list[tuple[ClaimResult, str, list[bool]]]:
-        """``claim`` for many reminders in one round trip; each is claimed (or not) on its own."""
+        """``claim`` for many reminders in one round trip; each is claimed (or not) on its own.
+
+        ``hold_claims_until_ms`` also sets the scheduler's claims on them to end then (the worker
+        that holds them renews both while it works).
+        """
         if not requests:
             return []
         tokens = [uuid.uuid4().hex for _ in requests]
@@ -134,6 +148,8 @@ class Ledger:
                     pipe.smismember(self.keys.suppressed(), emails)
                 keys = [self.keys.ledger(pid, rid), self.keys.lease(pid, rid, rem)]
                 self._claim.queue(pipe, keys=keys, args=[rem, token, self.lease_ms])
+            if hold_claims_until_ms is not None:
+                pipe.zadd(self.keys.claimed(), {due_member(*ref): hold_claims_until_ms for ref, _ in requests}, xx=True)
 
         replies = iter(run_pipeline(self.redis, build, [self._claim]))
         out: list[tuple[ClaimResult, str, list[bool]]] = []
@@ -168,31 +184,77 @@ class Ledger:
         self,
         items: Sequence[tuple[ReminderRef, Outcome, str, bool]],
         *,
-        suppress: Sequence[str] = (),
+        suppress: Sequence[str | Suppression] = (),
         release: Sequence[str | bytes] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> list[bool]:
         """``finish`` many reminders (ref, outcome, lease token, plan_next) in one round trip, with the
-        addresses to suppress and the scheduler claims to release (reminders already final or handed
-        back to planning)."""
+        addresses to suppress (with why, when given as Suppression), the scheduler claims to release
+        (reminders already final or handed back to planning) and the history entries to append."""
+        if not (items or suppress or release or history):
+            return []
+        # Re-run whole on NOSCRIPT: HSETNX of an outcome, SADD and ZREM are all idempotent; a history
+        # entry would be written twice (only after Redis forgot the scripts: a restart or a flush).
+        replies = run_pipeline(
+            self.redis,
+            lambda pipe: self.queue_finish(pipe, items, suppress=suppress, release=release, history=history),
+            [self._finish],
+        )
+        return [bool(written) for written in replies[: len(items)]]
+
+    def queue_finish(
+        self,
+        pipe: redis.client.Pipeline,
+        items: Sequence[tuple[ReminderRef, Outcome, str, bool]],
+        *,
+        suppress: Sequence[str | Suppression] = (),
+        release: Sequence[str | bytes] = (),
+        history: Sequence[HistoryEntry] = (),
+    ) -> int:
+        """Queue what ``finish_many`` writes into ``pipe`` (so a read can share its round trip).
+
+        Returns how many replies it adds to the pipeline's; the first ``len(items)`` say whether each
+        outcome was written. Safe to run again whole on NOSCRIPT, like ``finish_many``.
+        """
         k = self.keys
+        for (pid, rid, rem), outcome, token, plan_next in items:
+            keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.due(), k.claimed(), k.dirty()]
+            mark = dirty_member("renewal", pid, rid) if plan_next else ""
+            score = int(outcome.at.timestamp() * 1000)
+            args = [rem, token, outcome.to_json(), due_member(pid, rid, rem), mark, score]
+            self._finish.queue(pipe, keys=keys, args=args)
+        plain = [e for e in suppress if isinstance(e, str)]
+        if plain:
+            pipe.sadd(k.suppressed(), *[e.casefold() for e in plain])
+        count = (
+            len(items)
+            + bool(plain)
+            + self.suppressions.queue_add(pipe, [e for e in suppress if not isinstance(e, str)])
+        )
+        if release:
+            pipe.zrem(k.claimed(), *release)
+        return count + bool(release) + self.history.queue(pipe, history)
+
+    @property
+    def finish_script(self) -> LuaScript:
+        """The script ``queue_finish`` runs, for callers that run the pipeline themselves."""
+        return self._finish
+
+    def renew(self, leases: Sequence[tuple[ReminderRef, str]], *, claims_until_ms: int) -> None:
+        """Keep the leases this worker holds, and the scheduler's claims on them, alive while it works.
+
+        Leases are short so that a worker that dies mid-batch gives its reminders back within
+        seconds; the living one renews them (only where its token still holds the lease).
+        """
+        if not leases:
+            return
 
         def build(pipe: redis.client.Pipeline) -> None:
-            for (pid, rid, rem), outcome, token, plan_next in items:
-                keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.due(), k.claimed(), k.dirty()]
-                mark = dirty_member("renewal", pid, rid) if plan_next else ""
-                score = int(outcome.at.timestamp() * 1000)
-                args = [rem, token, outcome.to_json(), due_member(pid, rid, rem), mark, score]
-                self._finish.queue(pipe, keys=keys, args=args)
-            if suppress:
-                pipe.sadd(k.suppressed(), *[e.casefold() for e in suppress])
-            if release:
-                pipe.zrem(k.claimed(), *release)
+            for (pid, rid, rem), token in leases:
+                self._renew.queue(pipe, keys=[self.keys.lease(pid, rid, rem)], args=[token, self.lease_ms])
+            pipe.zadd(self.keys.claimed(), {due_member(*ref): claims_until_ms for ref, _ in leases}, xx=True)
 
-        if not (items or suppress or release):
-            return []
-        # Re-run whole on NOSCRIPT: HSETNX of an outcome, SADD and ZREM are all idempotent.
-        replies = run_pipeline(self.redis, build, [self._finish])
-        return [bool(written) for written in replies[: len(items)]]
+        run_pipeline(self.redis, build, [self._renew])
 
     def outcomes(self, partner_id: str, renewal_id: str) -> dict[str, Outcome]:
         raw = self.redis.hgetall(self.keys.ledger(partner_id, renewal_id))

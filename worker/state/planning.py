@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import redis
 
@@ -173,6 +174,62 @@ class Planning:
 
     def view(self, partner_id: str, renewal_id: str) -> RenewalView:
         return self.views([(partner_id, renewal_id)])[0]
+
+    def recheck(
+        self,
+        requests: Sequence[tuple[str, str, str]],
+        *,
+        before: Callable[[redis.client.Pipeline], int] | None = None,
+        scripts: Sequence[LuaScript] = (),
+    ) -> tuple[list[Any], list[RenewalView]]:
+        """Read renewals again, each (partner, renewal, client it named when last read), in one round trip.
+
+        ``before`` queues commands to run first in the same pipeline (outcomes waiting to be
+        written) and returns how many replies they add; their replies come back first. Should a
+        renewal now name another client, it is read again in a second round trip.
+        """
+        k = self.keys
+        counted = [0]
+
+        def build(pipe: redis.client.Pipeline) -> None:
+            counted[0] = before(pipe) if before is not None else 0
+            for partner_id, renewal_id, client_id in requests:
+                pipe.get(k.renewal(partner_id, renewal_id))
+                pipe.hgetall(k.ledger(partner_id, renewal_id))
+                pipe.get(k.partner(partner_id))
+                pipe.get(k.client(partner_id, client_id))
+                pipe.get(k.owner(partner_id, client_id))
+                pipe.get(k.ended(partner_id, client_id))
+
+        replies = run_pipeline(self.redis, build, scripts)
+        head, rest = replies[: counted[0]], replies[counted[0] :]
+        out: list[RenewalView] = []
+        for n, (partner_id, renewal_id, client_id) in enumerate(requests):
+            renewal_raw, ledger, partner_raw, *client_raws = rest[6 * n : 6 * n + 6]
+            renewal_record = read_record(renewal_raw)
+            renewal = renewal_state(renewal_record)
+            if renewal.renewal is not None and renewal.renewal.client_id != client_id:
+                out.append(self.view(partner_id, renewal_id))
+                continue
+            partner_record = read_record(partner_raw)
+            partner = None if partner_record is None else decode_payload(PartnerData, partner_record.payload)
+            version = [
+                (k.renewal(partner_id, renewal_id), _stamp(renewal_record)),
+                (k.partner(partner_id), _stamp(partner_record)),
+            ]
+            client = None
+            if renewal.renewal is not None:
+                records = [read_record(raw) for raw in client_raws]
+                client = client_state_of(client_id, *records)
+                client_keys = (
+                    k.client(partner_id, client_id),
+                    k.owner(partner_id, client_id),
+                    k.ended(partner_id, client_id),
+                )
+                version += [(key, _stamp(record)) for key, record in zip(client_keys, records, strict=True)]
+            outcomes = {key.decode(): Outcome.from_json(value) for key, value in ledger.items()}
+            out.append(RenewalView(partner_id, renewal_id, renewal, client, partner, outcomes, tuple(version)))
+        return head, out
 
     def views(self, pairs: Sequence[tuple[str, str]]) -> list[RenewalView]:
         """Read many renewals with their clients, partners and ledgers in two round trips."""

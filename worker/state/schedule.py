@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import redis
 
+from .history import History, HistoryEntry
 from .keys import Keys
 from .ledger import parse_due_member
 from .scripts import LuaScript
@@ -35,7 +36,7 @@ for i = 1, #items, 2 do
   redis.call('ZREM', KEYS[1], items[i])
   redis.call('ZADD', KEYS[2], until_ms, items[i])
 end
-return items
+return {items, expired}
 """
 
 
@@ -59,18 +60,33 @@ class DueItem:
 class DueIndex:
     """Planned reminders by due time. Planning writes it (see planning.py); schedulers claim from it."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, history: History | None = None) -> None:
         self.redis = client
         self.keys = keys
+        self.history = history
         self._claim = LuaScript(client, _CLAIM)
 
     def claim(self, now: datetime, *, lease_ms: int, limit: int) -> list[DueItem]:
-        raw = self._claim(keys=[self.keys.due(), self.keys.claimed()], args=[epoch_ms(now), lease_ms, limit])
+        raw, expired = self._claim(keys=[self.keys.due(), self.keys.claimed()], args=[epoch_ms(now), lease_ms, limit])
+        if expired:
+            self._record_expired(expired, now)
         items = []
         for i in range(0, len(raw), 2):
             partner_id, renewal_id, reminder_id = parse_due_member(raw[i])
             items.append(DueItem(partner_id, renewal_id, reminder_id, int(float(raw[i + 1])), raw[i]))
         return items
+
+    def _record_expired(self, members: list[bytes], now: datetime) -> None:
+        """A claim that ran out (its scheduler or worker died) is a deferral: the history says so."""
+        refs = [parse_due_member(m) for m in members]
+        _log.warning("%d claim(s) expired, due again: %s", len(refs), ", ".join("/".join(r) for r in refs[:10]))
+        if self.history is not None:
+            self.history.append(
+                *(
+                    HistoryEntry("deferral", now, "deferred", partner=p, renewal=r, reminder=m, reason="lease expired")
+                    for p, r, m in refs
+                )
+            )
 
     def release(self, *members: str | bytes) -> None:
         """The delivery is done with these reminders (or handed them back to planning): end their claims."""
