@@ -16,7 +16,6 @@ import redis
 
 from ..domain.decision import Send, Skip, Wait, decide, reply_to
 from ..domain.errors import PermanentSendError, TransientError
-from ..domain.events import Person
 from ..domain.planner import Plan
 from ..domain.rules import RuleSet
 from ..mail.message import build_message, envelope_recipients, message_id_for
