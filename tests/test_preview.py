@@ -48,6 +48,15 @@ def test_the_gallery_has_every_template_audience_and_locale_for_each_sample(rend
                     assert (group, template, audience, locale) in combos
 
 
+def test_the_gallery_shows_the_partner_digest_of_each_sample_in_every_locale(gallery) -> None:
+    digests = [p for p in gallery.pages if p.preview.email == "digest"]
+
+    assert {(p.preview.group, p.locale) for p in digests} >= {("typical", loc) for loc in SUPPORTED_LOCALES}
+    typical = next(p for p in digests if p.preview.group == "typical" and p.locale == "de")
+    assert dict(typical.headers)["To"] == "Anna Reed <anna@northwind.agency>"
+    assert "acme.com" in typical.email.text
+
+
 def test_a_page_shows_the_headers_as_sent_the_sandboxed_html_the_text_and_the_source(gallery) -> None:
     page = next(
         p

@@ -82,6 +82,13 @@ def test_broken_wording_is_refused_too(templates: Path, caplog) -> None:
     assert any("de" in r.message for r in caplog.records)
 
 
+def test_a_broken_digest_template_is_refused_too(templates: Path) -> None:
+    watcher = RendererWatcher(templates)
+    (templates / "digest" / "subject.txt").write_text("{{ 1 +\n")
+
+    assert not watcher.maybe_reload()
+
+
 def test_removing_a_template_the_rules_use_is_refused(templates: Path) -> None:
     watcher = RendererWatcher(templates, required=lambda: {"first-notice", "final-notice"})
     shutil.rmtree(templates / "final-notice")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..domain.errors import TemplateError
+from .digest_render import DIGEST_TEMPLATE, DigestRenderer
 from .render import Renderer
 
 __all__ = ["RendererWatcher", "templates_digest"]
@@ -34,7 +35,10 @@ def templates_digest(templates_dir: Path) -> str:
 
 
 class RendererWatcher:
-    """Holds the renderer in force and swaps it only for templates and wording that pass ``Renderer.check``.
+    """Holds the renderer in force and swaps it only for templates and wording that pass the checks.
+
+    The checks are ``rules check``'s: ``Renderer.check`` for the reminders and, when the folder has
+    the partner digest, ``DigestRenderer.check``.
 
     ``required`` gives the template names something else depends on (the rules in force): an edit
     that removes one of them is refused too.
@@ -62,6 +66,8 @@ class RendererWatcher:
         try:
             candidate = Renderer(self.templates_dir)
             problems = candidate.check()
+            if (self.templates_dir / DIGEST_TEMPLATE).is_dir():
+                problems += DigestRenderer(candidate).check()
         except TemplateError as exc:
             problems = [str(exc)]
         else:

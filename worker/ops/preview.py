@@ -17,11 +17,13 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from ..domain.decision import Send, reply_to
+from ..domain.digest import DigestRecipient, DigestRow, build_digest
 from ..domain.errors import TemplateError
 from ..domain.events import ClientData, Contacts, Owner, OwnerData, PartnerData, Person, RenewalData
 from ..domain.planner import renewal_deadline
 from ..domain.routing import ALL_CONTACT_ROLES, ContactRole, partner_user, route
 from ..domain.rules import RuleSet
+from ..mail.digest_render import DIGEST_TEMPLATE, DigestRenderer
 from ..mail.lint import email_warnings
 from ..mail.locales import SUPPORTED_LOCALES
 from ..mail.message import build_message, message_id_for
@@ -30,6 +32,7 @@ from ..state.planning import RenewalView
 
 __all__ = [
     "GALLERY_EMAILS",
+    "DigestEmails",
     "GalleryEmail",
     "Preview",
     "PreviewPage",
@@ -176,8 +179,59 @@ class ReminderEmails:
                 )
 
 
+class DigestEmails:
+    """The partner digest ("Renewals requiring action") of each scenario's partner user, listing its renewal."""
+
+    horizon_days = 60
+
+    def previews(self, renderer: Renderer, scenario: Scenario, roles: Sequence[ContactRole]) -> Iterable[Preview]:
+        renewal, client = scenario.renewal, scenario.client
+        row = DigestRow(
+            client_id=client.client_id,
+            client_domain=client.domain,
+            client_name=client.name,
+            renewal_id=renewal.renewal_id,
+            owner=scenario.partner.default_owner if scenario.partner else "hubspot",
+            products=tuple(product.name for product in renewal.products),
+            deadline=scenario.deadline,
+            days_left=(scenario.deadline - scenario.today).days,
+            currency=renewal.currency,
+            current_mrr=renewal.current_mrr,
+            renewal_mrr=renewal.renewal_mrr,
+        )
+        user = scenario.partner_user
+        recipient = DigestRecipient(user or Person(name="(no partner user)", email="nobody@example.com"), None)
+        digest = build_digest(recipient, [row])
+
+        def render(r: Renderer, locale: str) -> RenderedEmail:
+            return DigestRenderer(r).render(
+                digest,
+                partner_id=scenario.partner_id,
+                partner=scenario.partner,
+                locale=locale,
+                today=scenario.today,
+                horizon_days=self.horizon_days,
+            )
+
+        yield Preview(
+            slug=f"{scenario.name}_{DIGEST_TEMPLATE}",
+            group=scenario.name,
+            email=DIGEST_TEMPLATE,
+            audience="partner",
+            locale=scenario.partner.locale if scenario.partner else "en",
+            send=None,
+            to=(user,) if user is not None else (),
+            cc=(),
+            reply_to=None,
+            no_recipient_reason=None if user is not None else "no_partner_user",
+            tag=f"{scenario.partner_id}/digest-{scenario.today.isoformat()}",
+            sent_at=datetime.combine(scenario.today, time(8), tzinfo=UTC),
+            render=render,
+        )
+
+
 # The kinds of email the samples gallery shows; one entry per kind.
-GALLERY_EMAILS: tuple[GalleryEmail, ...] = (ReminderEmails(),)
+GALLERY_EMAILS: tuple[GalleryEmail, ...] = (ReminderEmails(), DigestEmails())
 
 
 def _typical() -> Scenario:
