@@ -165,7 +165,8 @@ def _cmd_rules_diff(args: argparse.Namespace) -> int:
     from .rulediff import diff_events_file, diff_json, diff_store, format_diff
 
     if args.at is not None and args.events is None:
-        raise argparse.ArgumentTypeError("--at goes with --events")
+        print("error: --at goes with --events", file=sys.stderr)
+        return 2
     settings = load_settings()
     known = Renderer(settings.templates_dir).template_names()
     old_path = Path(args.rules) if args.rules else settings.rules_path
@@ -250,7 +251,8 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     from .preview_server import make_server
 
     if args.at is not None and args.events is None:
-        raise argparse.ArgumentTypeError("--at goes with --events")
+        print("error: --at goes with --events", file=sys.stderr)
+        return 2
     if (args.out is None) == (not args.serve):
         print("error: give one of --out DIR or --serve", file=sys.stderr)
         return 2
