@@ -266,3 +266,48 @@ def test_renewals_preview_serve_prints_its_loopback_address_and_serves(tmp_path:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_preview_of_one_stored_renewal_reads_redis(redis_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from factories import client_updated, partner_updated, renewal_updated
+
+    from worker.config.settings import load_settings
+    from worker.domain.events import parse_event
+    from worker.service.runtime import build_runtime
+
+    start = (datetime.now(UTC).date() + timedelta(days=120)).isoformat()
+    rt = build_runtime(load_settings(redis_url=redis_url, key_prefix="preview"))
+    for raw in (partner_updated(), client_updated(locale="sv"), renewal_updated(start_date=start)):
+        rt.store.apply(parse_event(raw))
+    rt.close()
+    out = tmp_path / "gallery"
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.ops.cli", "preview", "--out", str(out), "--renewal", "p1", "r1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"REDIS_URL": redis_url, "KEY_PREFIX": "preview", "PATH": ""},
+        cwd=PROJECT_ROOT,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    pages = sorted(p.parent.name for p in out.glob("*/sv.html"))
+    assert pages == ["p1_r1_final-notice", "p1_r1_first-notice", "p1_r1_second-notice"]
+    page = (out / "p1_r1_first-notice" / "sv.html").read_text()
+    assert "recipient&#39;s locale: sv" in page
+    assert "Jane Doe &lt;jane@acme.com&gt;" in page
+    missing = subprocess.run(
+        [sys.executable, "-m", "worker.ops.cli", "preview", "--out", str(out), "--renewal", "p1", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"REDIS_URL": redis_url, "KEY_PREFIX": "preview", "PATH": ""},
+        cwd=PROJECT_ROOT,
+    )
+    assert missing.returncode == 1 and "no events received for renewal nope" in missing.stderr
