@@ -419,9 +419,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "requiring-action", help="a partner's renewals requiring action (the digest's table), or one user's"
     )
-    p.add_argument("partner_id")
+    p.add_argument("partner_id", help="the partner whose renewals to list")
     p.add_argument("--user", help="only the renewals in this partner user's digest (email)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")
     p.set_defaults(handler=_cmd_requiring_action)
 
     rules = sub.add_parser("rules", help="rule files").add_subparsers(dest="what", required=True)
