@@ -300,7 +300,7 @@ def test_preview_of_one_stored_renewal_reads_redis(redis_url: str, tmp_path: Pat
     pages = sorted(p.parent.name for p in out.glob("*/sv.html"))
     assert pages == ["p1_r1_final-notice", "p1_r1_first-notice", "p1_r1_second-notice"]
     page = (out / "p1_r1_first-notice" / "sv.html").read_text()
-    assert "recipient&#39;s locale: sv" in page
+    assert "recipient's locale: sv" in page
     assert "Jane Doe &lt;jane@acme.com&gt;" in page
     missing = subprocess.run(
         [sys.executable, "-m", "worker.ops.cli", "preview", "--out", str(out), "--renewal", "p1", "nope"],
