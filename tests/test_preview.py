@@ -17,10 +17,11 @@ from worker.domain.routing import ContactRole
 from worker.mail.lint import email_warnings, untranslated_wording
 from worker.mail.locales import SUPPORTED_LOCALES, load_catalogs
 from worker.mail.render import RenderedEmail, Renderer
-from worker.ops import preview as preview_module
+from worker.ops import preview_samples as preview_module
 from worker.ops.cli import main
 from worker.ops.gallery import build_gallery, index_html, page_html, write_gallery
-from worker.ops.preview import Preview, Scenario, sample_previews
+from worker.ops.preview import Preview
+from worker.ops.preview_samples import Scenario, sample_previews
 from worker.ops.preview_server import PreviewSource, fresh_renderer, make_server
 
 TEMPLATES = PROJECT_ROOT / "templates" / "email"

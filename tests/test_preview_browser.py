@@ -17,7 +17,7 @@ import pytest
 from conftest import IN_CI
 
 from worker.config.settings import PROJECT_ROOT
-from worker.ops.preview import sample_previews
+from worker.ops.preview_samples import sample_previews
 from worker.ops.preview_server import PreviewSource, fresh_renderer, make_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]

@@ -204,7 +204,8 @@ def _preview_source(args: argparse.Namespace) -> PreviewSource:
     from ..config.settings import load_settings
     from ..mail.render import Renderer
     from ..state.planning import Planning
-    from .preview import sample_previews, view_previews
+    from .preview import view_previews
+    from .preview_samples import sample_previews
     from .preview_server import PreviewSource, fresh_renderer
     from .rulediff import events_store, read_events
 
