@@ -46,6 +46,16 @@ class Settings(BaseSettings):
         description="Redis URL (redis://host:6379/0). Unset: in-process broker and store.",
     )
     key_prefix: str = Field(default="rw", description="Prefix of every Redis key the worker writes.")
+    redis_socket_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long a Redis reply may take before the connection is given up."
+    )
+    redis_connect_timeout_s: float = Field(default=3.0, gt=0, description="How long connecting to Redis may take.")
+    redis_health_check_interval_s: int = Field(
+        default=15, ge=0, description="A connection idle this long is PINGed before use (0: never)."
+    )
+    redis_max_backoff_s: float = Field(
+        default=5.0, gt=0, description="Longest wait between two attempts to reach Redis during an outage."
+    )
 
     smtp_host: str | None = Field(
         default=None,

@@ -7,6 +7,7 @@ __all__ = [
     "InvalidEvent",
     "PermanentError",
     "PermanentSendError",
+    "RedisUnavailable",
     "RenewalsError",
     "RulesError",
     "TemplateError",
@@ -48,6 +49,10 @@ class TemplateError(ConfigError):
 
 class TransientError(RenewalsError):
     """Worth retrying later: a lost connection, a 4xx reply, Redis briefly away."""
+
+
+class RedisUnavailable(TransientError):
+    """Redis did not answer, and the caller stopped waiting for it (the process is stopping)."""
 
 
 class PermanentError(RenewalsError):

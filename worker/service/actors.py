@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -12,9 +13,10 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
-from ..domain.errors import InvalidEvent, PermanentError
+from ..domain.errors import InvalidEvent, PermanentError, RedisUnavailable
 from ..domain.events import Event, parse_event
 from ..state.schedule import DueItem
+from .broker import DEAD_LETTER_ENTRY_ACTOR, entry_raw_text
 from .context import Context
 from .delivery import deliver_many
 from .digests import deliver_digest_message
@@ -23,6 +25,7 @@ __all__ = [
     "DELIVERIES_QUEUE",
     "EVENTS_QUEUE",
     "Actors",
+    "dead_letter_entry",
     "deliver_batch",
     "deliver_reminder",
     "handle_batch_message",
@@ -40,6 +43,12 @@ _log_delivery = logging.getLogger("worker.delivery")
 
 
 INGEST_MAX_RETRIES = 20
+# The time limit of actors that wait for Redis: dramatiq's default (10 minutes) would interrupt the
+# wait of a longer outage; an ingest message otherwise takes milliseconds.
+_WAITS_OUT_OUTAGES_MS = 7 * 86_400_000
+# Expected, so logged without a traceback: RedisUnavailable is a wait given up as the worker stops,
+# whose message DurableRetries leaves unacknowledged for another worker.
+_INGEST_THROWS = (PermanentError, RedisUnavailable)
 
 
 def screen_event(raw: str, *, now: datetime, max_future_s: int) -> Event:
@@ -84,13 +93,19 @@ def _ingest(
     the error in the dead letters, where ops look, rather than only in dramatiq's own queue.
     """
     try:
-        handle(rt, args, kwargs)
+        # Redis away: wait for it here, the message unacknowledged, rather than retry it through
+        # Redis. Only a worker that stops meanwhile gives up (RedisUnavailable): the message then
+        # stays unacknowledged in Redis, for another worker.
+        rt.redis_outage.call(lambda: handle(rt, args, kwargs))
+    except RedisUnavailable:
+        raise
     except Exception as exc:
         if _retries_left():
             raise
         raws = events_of(args, kwargs) or [json.dumps([args, kwargs], default=repr)]
         error = [("", f"{type(exc).__name__}: {exc}")]
-        rt.store.add_dead_letters([(raw, "processing_failed", error) for raw in raws], now=rt.clock.now())
+        letters = [(raw, "processing_failed", error) for raw in raws]
+        rt.redis_outage.call(lambda: rt.store.add_dead_letters(letters, now=rt.clock.now()))
         _log.exception("%d event(s) dead-lettered after %d retries", len(raws), INGEST_MAX_RETRIES)
 
 
@@ -163,6 +178,13 @@ def handle_batch_message(rt: Context, args: tuple[Any, ...], kwargs: dict[str, A
     return outcomes
 
 
+def dead_letter_entry(rt: Context, raw_b64: str, reason: str, detail: str) -> None:
+    """Keep a queue entry that no actor can run (undecodable, or for an unknown actor) in the dead
+    letters with its bytes and the reason; the broker acknowledges it once this returns."""
+    raw = entry_raw_text(base64.b64decode(raw_b64))
+    rt.redis_outage.call(lambda: rt.store.add_dead_letter(raw, reason, [("", detail)], now=rt.clock.now()))
+
+
 async def deliver_reminder(rt: Context, partner_id: str, renewal_id: str, reminder_id: str, due_ms: int) -> None:
     """Send one due reminder; the message is only a pointer, everything else is read now."""
     await deliver_batch(rt, [[partner_id, renewal_id, reminder_id, due_ms]])
@@ -215,6 +237,9 @@ class Actors:
         def ingest_batch_actor(*args: Any, **kwargs: Any) -> None:
             ingest_batch(rt, *args, **kwargs)
 
+        def dead_letter_entry_actor(raw_b64: str, reason: str, detail: str) -> None:
+            dead_letter_entry(rt, raw_b64, reason, detail)
+
         async def deliver_reminder_actor(partner_id: str, renewal_id: str, reminder_id: str, due_ms: int) -> None:
             await deliver_reminder(rt, partner_id, renewal_id, reminder_id, due_ms)
 
@@ -231,7 +256,8 @@ class Actors:
             max_retries=INGEST_MAX_RETRIES,
             min_backoff=500,
             max_backoff=300_000,
-            throws=(PermanentError,),
+            throws=_INGEST_THROWS,
+            time_limit=_WAITS_OUT_OUTAGES_MS,
         )(ingest_event_actor)
         self.ingest_batch = dramatiq.actor(
             broker=broker,
@@ -240,8 +266,18 @@ class Actors:
             max_retries=INGEST_MAX_RETRIES,
             min_backoff=500,
             max_backoff=300_000,
-            throws=(PermanentError,),
+            throws=_INGEST_THROWS,
+            time_limit=_WAITS_OUT_OUTAGES_MS,
         )(ingest_batch_actor)
+        # Its messages are made by the broker's consumers, on whichever queue the entry was found.
+        self.dead_letter_entry = dramatiq.actor(
+            broker=broker,
+            actor_name=DEAD_LETTER_ENTRY_ACTOR,
+            queue_name=EVENTS_QUEUE,
+            max_retries=INGEST_MAX_RETRIES,
+            throws=(RedisUnavailable,),
+            time_limit=_WAITS_OUT_OUTAGES_MS,
+        )(dead_letter_entry_actor)
         self.deliver = dramatiq.actor(
             broker=broker,
             actor_name="deliver_reminder",

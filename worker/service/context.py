@@ -11,6 +11,7 @@ from ..config.settings import Settings
 from ..domain.rules import RuleSet
 from ..mail.render import Renderer
 from ..mail.transport import Mailer
+from ..state.connection import RedisOutage
 from ..state.ledger import Ledger
 from ..state.planning import Planning
 from ..state.schedule import DueIndex
@@ -31,6 +32,9 @@ class Context(Protocol):
 
     @property
     def clock(self) -> Clock: ...
+
+    @property
+    def redis_outage(self) -> RedisOutage: ...
 
     @property
     def ledger(self) -> Ledger: ...

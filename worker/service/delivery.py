@@ -83,7 +83,7 @@ async def deliver_many(
     rules = rt.rules()
     views = rt.planning.views([(pid, rid) for pid, rid, _ in refs])
     results: list[str | Exception] = [""] * len(refs)
-    recorder = Recorder(rt.ledger, attempt=attempt)
+    recorder = Recorder(rt.ledger, attempt=attempt, outage=rt.redis_outage)
     sends: list[tuple[int, Send, str, bool]] = []
     replan: list[tuple[str, str]] = []
     for i, (ref, view) in enumerate(zip(refs, views, strict=True)):

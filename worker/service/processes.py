@@ -9,15 +9,23 @@ from types import FrameType
 from typing import cast
 
 import dramatiq
-import redis
 
+from ..state.connection import REDIS_ERRORS
 from ..state.digests import DigestState
 from ..state.rules_in_force import StoredRules, publish_rules
 from ..state.schedule import Scheduler
 from .digests import DigestScheduler
 from .runtime import Runtime
 
-__all__ = ["build_scheduler", "log_start", "plan_pending", "run_scheduler", "run_service", "sync_rules"]
+__all__ = [
+    "build_scheduler",
+    "log_start",
+    "plan_pending",
+    "run_scheduler",
+    "run_scheduler_loop",
+    "run_service",
+    "sync_rules",
+]
 
 _log = logging.getLogger("worker.service")
 
@@ -64,7 +72,7 @@ def build_scheduler(rt: Runtime) -> Scheduler:
         plan_pending(rt)
         try:
             digests.maybe_run(rt.clock.now())
-        except redis.ConnectionError:
+        except REDIS_ERRORS:  # waited out by the scheduler loop, logged once there
             raise
         except Exception:
             # A digest is a convenience: a fault in finding who is due must never hold up reminders.
@@ -77,6 +85,33 @@ def build_scheduler(rt: Runtime) -> Scheduler:
         lease_ms=int(rt.settings.claim_lease_s * 1000),
         on_tick=tick,
     )
+
+
+def run_scheduler_loop(rt: Runtime, scheduler: Scheduler, stop: threading.Event) -> None:
+    """Tick every SCHEDULER_POLL_S until ``stop``; while Redis is away, back off and say so once.
+
+    The process's RedisOutage logs the outage and its end, shared with the worker of `renewals run`.
+    """
+    poll_s = rt.settings.scheduler_poll_s
+    outage = rt.redis_outage
+    failures = 0
+    _log.info("scheduler started (poll every %.1fs)", poll_s)
+    while not stop.is_set():
+        try:
+            if scheduler.on_tick is not None:
+                scheduler.on_tick()
+            count = scheduler.run_once()
+        except REDIS_ERRORS as exc:
+            outage.failed(exc)
+            stop.wait(max(poll_s, outage.backoff_s(failures)))
+            failures += 1
+            continue
+        outage.recovered()
+        failures = 0
+        if count:
+            _log.info("enqueued %d due reminder(s)", count)
+        stop.wait(poll_s)
+    _log.info("scheduler stopped")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -98,7 +133,7 @@ def run_scheduler(rt: Runtime, stop: threading.Event | None = None) -> None:
     log_start(rt)
     stop = stop or threading.Event()
     _stop_on_signals(stop)
-    build_scheduler(rt).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+    run_scheduler_loop(rt, build_scheduler(rt), stop)
 
 
 def run_service(rt: Runtime, *, threads: int = 8, stop: threading.Event | None = None) -> None:
@@ -109,6 +144,6 @@ def run_service(rt: Runtime, *, threads: int = 8, stop: threading.Event | None =
     worker = dramatiq.Worker(rt.broker, worker_threads=threads)
     worker.start()
     try:
-        build_scheduler(rt).run_forever(stop, poll_s=rt.settings.scheduler_poll_s)
+        run_scheduler_loop(rt, build_scheduler(rt), stop)
     finally:
         worker.stop()

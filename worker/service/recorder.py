@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import redis
 
+from ..state.connection import RedisOutage
 from ..state.history import HistoryEntry
 from ..state.ledger import Ledger, Outcome, ReminderRef
 from ..state.suppressions import Suppression
@@ -47,8 +48,9 @@ class Recorder:
     one has, its read carries what is pending, one round trip for both.
     """
 
-    def __init__(self, ledger: Ledger, *, attempt: int = 1) -> None:
+    def __init__(self, ledger: Ledger, *, attempt: int = 1, outage: RedisOutage | None = None) -> None:
         self._ledger = ledger
+        self._outage = outage
         self._items: list[FinishItem] = []
         self._suppress: list[str | Suppression] = []
         self._release: list[str | bytes] = []
@@ -111,10 +113,14 @@ class Recorder:
                 pending.items, suppress=pending.suppress, release=pending.release, history=pending.history
             )
         except redis.RedisError as exc:
-            _log.warning(
-                "Redis unavailable, %d outcome(s) kept in memory until it is back: %s", len(pending.items), exc
-            )
+            # The process's outage log says once that Redis is away; what waits here is not lost.
+            if self._outage is not None:
+                self._outage.failed(exc)
+            else:
+                _log.warning("Redis unavailable, %d outcome(s) kept in memory: %s", len(pending.items), exc)
             return False
+        if self._outage is not None:
+            self._outage.recovered()
         self.done(pending)
         return True
 

@@ -14,6 +14,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from ..config.settings import Settings, load_settings
+from ..state.connection import RedisOutage
+from ..state.connection import redis_client as _connect
 from ..state.history import History
 from ..state.keys import Keys
 from ..state.ledger import Ledger
@@ -21,8 +23,9 @@ from ..state.planning import Planning
 from ..state.schedule import DueIndex
 from ..state.store import Store
 from .actors import Actors
+from .broker import QueueBroker
 from .clock import Clock, SystemClock
-from .middleware import CloseMailer, DaemonAsyncIO
+from .middleware import CloseMailer, DaemonAsyncIO, broker_middleware
 
 if TYPE_CHECKING:
     from ..config.rulefile import RulesWatcher
@@ -41,6 +44,7 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     broker: RedisBroker
+    redis_outage: RedisOutage
     store: Store
     clock: Clock
     keys: Keys
@@ -107,6 +111,8 @@ class Runtime:
 
     def close(self) -> None:
         self.broker.close()
+        if self.broker.client is not self.redis:
+            self.broker.client.close()
         self.redis.close()
 
 
@@ -129,13 +135,15 @@ class _TemplateNames(Collection[str]):
         return len(self._names())
 
 
-def _redis_client(settings: Settings) -> redis.Redis:
+def _redis_client(settings: Settings, *, command_retries: int | None = None) -> redis.Redis:
     if settings.redis_url is None:
         # The embedded default: the very broker and store code of production, on an in-process Redis.
         import fakeredis
 
         return fakeredis.FakeRedis()
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    if command_retries is None:
+        return _connect(settings)
+    return _connect(settings, command_retries=command_retries)
 
 
 def build_runtime(
@@ -146,7 +154,19 @@ def build_runtime(
 
     settings = settings or load_settings()
     client = redis_client or _redis_client(settings)
-    broker = RedisBroker(client=client, namespace=f"{settings.key_prefix}-queue")
+    # One outage per process: its consumers, actors and scheduler wait for Redis together, and log it once.
+    outage = RedisOutage(
+        max_backoff_s=settings.redis_max_backoff_s, min_backoff_s=min(0.1, settings.redis_max_backoff_s)
+    )
+    # The broker has a client of its own, without redis-py's retries (see redis_client), unless the
+    # caller brought one or the process runs embedded (one in-process Redis for everything).
+    broker_client = client if redis_client or settings.embedded else _redis_client(settings, command_retries=0)
+    broker = QueueBroker(
+        client=broker_client,
+        namespace=f"{settings.key_prefix}-queue",
+        outage=outage,
+        middleware=broker_middleware(outage),
+    )
     broker.add_middleware(DaemonAsyncIO())
     broker.add_middleware(CurrentMessage())
     dramatiq.set_broker(broker)
@@ -161,6 +181,7 @@ def build_runtime(
         settings=settings,
         redis=client,
         broker=broker,
+        redis_outage=outage,
         store=store,
         clock=clock or SystemClock(),
         keys=keys,
