@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.domain.errors import ConfigError
 from worker.domain.events import Person
 from worker.mail.message import (
     build_message,
@@ -219,13 +220,18 @@ def test_addresses_that_could_break_the_header_are_refused(bad: str) -> None:
     [
         {"rendered": RenderedEmail(subject="Hi\r\nBcc: victim@example.com", text="t", html="h", locale="en")},
         {"reminder_tag": "r-1\r\nBcc: victim@example.com"},
-        {"mail_from": "Renewals <r@example.com>\r\nBcc: victim@example.com"},
         {"rendered": RenderedEmail(subject="Hi", text="t", html="h", locale="en\r\nBcc: v@example.com")},
     ],
 )
 def test_line_breaks_in_any_other_header_field_are_refused(field: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         build(**field)  # type: ignore[arg-type]
+
+
+def test_line_breaks_in_mail_from_are_a_configuration_error() -> None:
+    # MAIL_FROM is ours, not the reminder's data: the delivery retries it until it is fixed.
+    with pytest.raises(ConfigError, match="MAIL_FROM"):
+        build(mail_from="Renewals <r@example.com>\r\nBcc: victim@example.com")
 
 
 def test_an_unsafe_message_id_or_a_naive_date_is_refused() -> None:

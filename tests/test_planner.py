@@ -13,6 +13,7 @@ import pytest
 from worker.domain.events import ClientData, Contacts, OwnerData, PartnerData, Product, RenewalData
 from worker.domain.planner import (
     NO_CLIENT_DETAILS,
+    NO_PARTNER_SETTINGS,
     Plan,
     deadline_end,
     local_instant,
@@ -223,6 +224,19 @@ def test_a_renewal_whose_client_has_not_arrived_plans_nothing_until_it_does() ->
     assert result.timezone == "Europe/Berlin"
     # Once the client is there, a reminder whose time passed meanwhile is caught up, not lost.
     late = plan(client=client("Europe/Berlin"), partner=partner("Europe/Berlin"), now=utc(2025, 4, 2, 12))
+    assert (late.planned[0].reminder_id, late.planned[0].caught_up) == ("first-notice", True)
+
+
+def test_a_renewal_whose_partner_has_not_arrived_waits_like_one_without_its_client() -> None:
+    # The built-in default owner must not route it: the partner may own its clients' mail.
+    result = plan(partner=None, tz="Europe/Berlin")
+
+    assert result.inactive_reason == NO_PARTNER_SETTINGS
+    assert result.planned == () and result.skipped == ()
+    # A renewal missing both waits for its client first, whose data it needs before anything else.
+    assert plan(client=None, partner=None).inactive_reason == NO_CLIENT_DETAILS
+    # Once the partner is there, a reminder whose time passed meanwhile is caught up, not lost.
+    late = plan(partner=partner("Europe/Berlin"), now=utc(2025, 4, 2, 12))
     assert (late.planned[0].reminder_id, late.planned[0].caught_up) == ("first-notice", True)
 
 

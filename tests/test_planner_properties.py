@@ -187,7 +187,7 @@ def test_every_open_reminder_is_either_planned_or_skipped_and_skips_only_for_mis
         removed=False,
         services_ended=False,
         client=client,
-        partner=None,
+        partner=PartnerData(name="Agency", timezone=tz),
         override=None,
         rules=rules,
         now=now,

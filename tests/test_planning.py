@@ -28,10 +28,12 @@ def make_runtime(now: datetime = NOW) -> Runtime:
 
 @pytest.fixture
 def rt() -> Runtime:
-    """A runtime whose partners p1 and p2 already know client c1 (older than any test's events):
-    a renewal is planned only once its client is known."""
+    """A runtime whose partners p1 and p2 are known and already know client c1 (older than any test's
+    events): a renewal is planned only once its client and its partner are known."""
     runtime = make_runtime()
     for pid in ("p1", "p2"):
+        raw = partner_updated(partner_id=pid, at="2026-01-01T00:00:00Z", event_id=f"fixture-partner-{pid}")
+        runtime.store.apply(parse_event(raw), now=NOW)
         raw = client_updated(partner_id=pid, at="2026-01-01T00:00:00Z", event_id=f"fixture-client-{pid}")
         runtime.store.apply(parse_event(raw), now=NOW)
     runtime.planning.flush(runtime.rules(), NOW)
@@ -111,6 +113,7 @@ def test_a_late_renewal_catches_up_the_latest_missed_reminder_and_records_the_ot
     due = due_entries(rt)
     assert due[("p1", "r1", "first-notice")] == NOW
     rt2 = make_runtime(datetime(2026, 12, 8, tzinfo=UTC))
+    ingest(rt2, partner_updated())
     ingest(rt2, client_updated(timezone="UTC"))
     ingest(rt2, renewal_updated(start_date="2027-01-24"))
     assert due_entries(rt2)[("p1", "r1", "second-notice")] == datetime(2026, 12, 8, tzinfo=UTC)

@@ -62,18 +62,35 @@ def renewal_inputs(start: str = "2027-03-15", tz: str = "UTC") -> dict[str, obje
     return {"renewal": renewal, "client": client, "partner": partner, "override": None}
 
 
-def test_a_new_reminder_already_past_goes_out_at_once_only_if_no_later_one_was_sent() -> None:
+def test_a_reminder_the_edit_puts_in_the_past_goes_out_at_once_only_for_a_renewal_that_changed_since() -> None:
     old = rules(("first", -30), ("final", -1))
     new = rules(("early", -60), ("first", -30), ("final", -1))
-    # Deadline 2027-01-29: early was due 2026-11-30, first is due 2026-12-30.
+    # Deadline 2027-01-29: early was due 2026-11-30 09:00, first is due 2026-12-30.
     differ = RuleDiffer(old, new, now=NOW)
     inputs = renewal_inputs()
 
-    fresh = differ.changes(facts_of(**inputs, removed=False, services_ended=False))
-    assert [(c.reminder_id, c.kind) for c in fresh] == [("early", "immediate")]
+    known_before = facts_of(**inputs, removed=False, services_ended=False, known_since=at(1) - timedelta(days=30))
+    assert differ.changes(known_before) == []  # skipped as a rule change: never sent
+    changed_since = facts_of(**inputs, removed=False, services_ended=False, known_since=at(1, 10))
+    assert [(c.reminder_id, c.kind) for c in differ.changes(changed_since)] == [("early", "immediate")]
     after_a_later_one = RuleDiffer(old, new, now=datetime(2027, 1, 2, tzinfo=UTC))
-    changes = after_a_later_one.changes(facts_of(**inputs, removed=False, services_ended=False, final={"first"}))
-    assert changes == []
+    sent_first = facts_of(
+        **inputs,
+        removed=False,
+        services_ended=False,
+        final={"first"},
+        last_sent_at=datetime(2026, 12, 30, 9, tzinfo=UTC),
+    )
+    assert after_a_later_one.changes(sent_first) == []
+
+
+def test_times_that_fall_between_the_same_due_times_share_one_plan() -> None:
+    differ = RuleDiffer(rules(("first", -30)), rules(("early", -60), ("first", -30)), now=NOW)
+    inputs = renewal_inputs()
+    for hour in (10, 11, 12):
+        differ.changes(facts_of(**inputs, removed=False, services_ended=False, known_since=at(1, hour)))
+
+    assert len(differ._cache) == 1
 
 
 def test_with_assumed_history_reminders_the_old_rules_would_have_sent_are_not_blamed() -> None:
@@ -130,7 +147,8 @@ def events_file(path: Path) -> Path:
     raws = [
         partner_updated(at="2026-11-01T00:00:00Z"),
         client_updated(at="2026-11-01T00:00:00Z", timezone="UTC"),
-        renewal_updated(at="2026-11-01T00:00:00Z", start_date="2027-03-15"),
+        # r1 changed after its new early notice's time (2026-11-30 09:00): that one is caught up.
+        renewal_updated(at="2026-12-01T10:00:00Z", start_date="2027-03-15"),
         renewal_updated(at="2026-11-01T00:00:00Z", renewal_id="r2", start_date="2027-04-15"),
     ]
     path.write_text("".join(json.dumps(raw) + "\n" for raw in raws))
@@ -163,15 +181,22 @@ def test_rules_diff_over_the_stored_renewals_reads_the_ledger(redis_url, tmp_pat
     today = datetime.now(UTC).date()
     rt = build_runtime(load_settings(redis_url=redis_url, key_prefix="diff"))
     start = today + timedelta(days=45 + 20)  # deadline in 20 days
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
     for raw in (
         partner_updated(),
         client_updated(timezone="UTC"),
-        renewal_updated(start_date=start.isoformat()),
+        # r1 changed yesterday, after the new reminder's time (5 days ago); r2 was known long before.
+        renewal_updated(start_date=start.isoformat(), at=yesterday),
         renewal_updated(renewal_id="r2", start_date=start.isoformat()),
     ):
         rt.store.apply(parse_event(raw))
     # r1 already had its first notice (due 10 days ago under a -30 rule); r2 has nothing yet.
-    rt.ledger.finish("p1", "r1", "first", Outcome("sent", datetime.now(UTC), message_id="<m@x>", to=("jane@acme.com",)))
+    rt.ledger.finish(
+        "p1",
+        "r1",
+        "first",
+        Outcome("sent", datetime.now(UTC) - timedelta(days=10), message_id="<m@x>", to=("jane@acme.com",)),
+    )
     rt.close()
     old = write_rules(tmp_path / "old.yaml", [("first", -30), ("final", -1)])
     new = write_rules(tmp_path / "new.yaml", [("first", -30), ("second", -25), ("final", -1)])
@@ -188,8 +213,8 @@ def test_rules_diff_over_the_stored_renewals_reads_the_ledger(redis_url, tmp_pat
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["renewals"] == 2
-    # "second" was due 5 days ago: a catch-up for both. r2 had nothing yet, so its catch-up of the
-    # first notice (under the rules in force) gives way to "second"; r1's first notice is in the ledger.
-    assert result["reminders"]["second"]["immediate"] == 2
-    assert result["reminders"]["first"] == {"added": 0, "moved": 0, "removed": 1, "immediate": 0}
-    assert [s["renewal_id"] for s in result["samples"]["removed"]] == ["r2"]
+    # "second" was due 5 days ago. A rule edit never sends what it puts in the past (skipped as
+    # rule_change) unless the renewal's data changed after that time: r1 gets it at once, r2 never.
+    # r2's missed first notice is caught up under both rules alike: no change.
+    assert result["reminders"] == {"second": {"added": 0, "moved": 0, "removed": 0, "immediate": 1}}
+    assert [s["renewal_id"] for s in result["samples"]["immediate"]] == ["r1"]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import fakeredis
 import pytest
-from factories import client_updated, renewal_updated
+from factories import client_updated, partner_updated, renewal_updated
 
 from worker.config.settings import load_settings
 from worker.domain.events import parse_event
 from worker.service.clock import VirtualClock
-from worker.service.processes import sync_rules
+from worker.service.processes import replan_chunks, sync_rules
 from worker.service.runtime import build_runtime
 from worker.state.ledger import parse_due_member
 
@@ -39,7 +39,7 @@ def runtime_with_rules(tmp_path):
     settings = load_settings(redis_url=None, rules_path=rules, rules_reload_s=0.001)
     clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
     rt = build_runtime(settings, clock=clock, redis_client=fakeredis.FakeRedis())
-    for raw in (client_updated(), renewal_updated(start_date="2027-03-15")):
+    for raw in (partner_updated(), client_updated(), renewal_updated(start_date="2027-03-15")):
         event = parse_event(raw)
         rt.store.apply(event)
         rt.planning.replan_for_event(event, rt.rules(), clock.now())
@@ -53,6 +53,9 @@ def test_a_valid_rule_edit_is_picked_up_and_every_renewal_re_planned(runtime_wit
     rules.write_text(RULE.format(id="late", days=3), encoding="utf-8")
     time.sleep(0.01)  # past RULES_RELOAD_S
     assert sync_rules(rt)
+    assert planned_ids(rt) == {"early"}  # the re-plan is under way, in chunks between due claims
+    while replan_chunks(rt):
+        pass
     assert planned_ids(rt) == {"late"}
 
 

@@ -78,6 +78,7 @@ def test_ended_services_stop_reminders_already_planned(tmp_path):
     events = write_events(
         tmp_path / "events.jsonl",
         [
+            partner_updated(at="2026-12-01T00:00:00Z"),
             client_updated(at="2026-12-01T00:00:00Z"),
             renewal_updated(at="2026-12-01T00:00:00Z", start_date="2027-03-15"),
             services_ended(at="2027-01-05T00:00:00Z"),
@@ -92,6 +93,7 @@ def test_the_clock_never_moves_back_and_invalid_events_are_reported_and_skipped(
     events = write_events(
         tmp_path / "events.jsonl",
         [
+            partner_updated(at="2027-01-10T00:00:00Z"),
             client_updated(at="2027-01-10T00:00:00Z"),
             "{not json",
             # Older than the clock: applied at the clock's time, so its first notice is caught up at once.
@@ -99,7 +101,7 @@ def test_the_clock_never_moves_back_and_invalid_events_are_reported_and_skipped(
         ],
     )
     report = simulate(events, until=datetime(2027, 1, 11, tzinfo=UTC), outbox=tmp_path / "out")
-    assert len(report.rejected) == 1 and "events.jsonl:2" in report.rejected[0]
+    assert len(report.rejected) == 1 and "events.jsonl:3" in report.rejected[0]
     (message,) = read_outbox(tmp_path / "out")
     assert message["X-Renewal-Reminder"] == "p1/r1/first-notice"
     assert message["Date"].datetime == datetime(2027, 1, 10, tzinfo=UTC)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from email.utils import getaddresses
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
@@ -13,7 +16,15 @@ from pydantic_settings.exceptions import SettingsError
 from ..domain.errors import ConfigError
 from ..domain.routing import ContactRole
 
-__all__ = ["BUNDLED_ROOT", "PROJECT_ROOT", "ContactRole", "Settings", "default_data_path", "load_settings"]
+__all__ = [
+    "BUNDLED_ROOT",
+    "PROJECT_ROOT",
+    "ContactRole",
+    "Settings",
+    "check_mail_from",
+    "default_data_path",
+    "load_settings",
+]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # The repository's top folder when running from a checkout (site-packages when installed from a wheel).
@@ -148,6 +159,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("mail_from")
+    @classmethod
+    def _one_mailbox(cls, value: str) -> str:
+        check_mail_from(value)
+        return value
+
     @field_validator("hubspot_contact_roles", mode="before")
     @classmethod
     def _split_roles(cls, value: object) -> object:
@@ -194,8 +211,40 @@ class Settings(BaseSettings):
         return {"none": 25, "starttls": 587, "tls": 465}[self.smtp_security]
 
 
+def check_mail_from(value: str) -> tuple[str, str]:
+    """The display name and address of ``MAIL_FROM``: exactly one mailbox, with a valid address.
+
+    Two addresses are refused rather than cut to the first: the From header would not say what
+    the setting says. Raises ``ValueError`` naming what is wrong.
+    """
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError("must not contain control characters (CR, LF...)")
+    mailboxes = [(name, address) for name, address in getaddresses([value]) if name or address]
+    if len(mailboxes) != 1:
+        found = "no address" if not mailboxes else f"{len(mailboxes)} addresses"
+        raise ValueError(f"must be one mailbox such as 'Renewals <renewals@example.com>', found {found}")
+    name, address = mailboxes[0]
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"{value!r} is not a valid mailbox ({address!r}: {exc})") from None
+    return name, address
+
+
+def _error_line(err: Mapping[str, Any]) -> str:
+    """One setting's error, named as the variable ops set (a check across settings names its own)."""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["loc"]:
+        return f" {str(err['loc'][0]).upper()}: {message}"
+    return f": {message}"
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build the settings from the environment (and overrides), turning errors into ConfigError."""
+    """Build the settings from the environment (and overrides), turning errors into ConfigError.
+
+    The message is one line (several problems are joined by '; '), so that a process refusing to
+    start says why in the one line ops see.
+    """
     # ENV_FILE names a dotenv file (config/example.env's format) read under the environment's values.
     env_file = os.environ.get("ENV_FILE") or None
     if env_file is not None and not Path(env_file).is_file():
@@ -203,10 +252,6 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            name = str(err["loc"][0]).upper() if err["loc"] else "settings"
-            lines.append(f"invalid setting {name}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError("invalid setting" + ";".join(_error_line(err) for err in exc.errors())) from None
     except SettingsError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None

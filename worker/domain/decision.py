@@ -9,7 +9,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from .events import ClientData, OwnerData, PartnerData, Person, RenewalData
-from .planner import NO_CLIENT_DETAILS, Plan
+from .planner import NO_CLIENT_DETAILS, NO_PARTNER_SETTINGS, Plan
 from .routing import ALL_CONTACT_ROLES, ContactRole, Routing, partner_user, route
 from .rules import RuleSet
 
@@ -75,6 +75,9 @@ def decide(
         # The renewal arrived before its client: nothing is recorded, and the client's arrival
         # plans the reminder again (caught up at once if its time has passed).
         return Wait(NO_CLIENT_DETAILS)
+    if plan.inactive_reason == NO_PARTNER_SETTINGS or (partner is None and plan.inactive_reason is None):
+        # Likewise before the partner's settings arrive: its partner.updated plans it again.
+        return Wait(NO_PARTNER_SETTINGS)
     if plan.inactive_reason is not None:
         return Skip(plan.inactive_reason)
     for skipped in plan.skipped:

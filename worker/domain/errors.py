@@ -10,6 +10,7 @@ __all__ = [
     "RedisUnavailable",
     "RenewalsError",
     "RulesError",
+    "StoreLayoutError",
     "TemplateError",
     "TransientError",
     "TransientSendError",
@@ -33,6 +34,10 @@ class InvalidEvent(RenewalsError):
     def __init__(self, errors: list[tuple[str, str]]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{field}: {msg}" if field else msg for field, msg in errors))
+
+
+class StoreLayoutError(ConfigError):
+    """The Redis store is laid out for another version of the worker: migrate it, or run that version."""
 
 
 class RulesError(ConfigError):

@@ -17,8 +17,11 @@ from .rules import ReminderRule, RuleSet
 
 __all__ = [
     "NO_CLIENT_DETAILS",
+    "NO_PARTNER_SETTINGS",
+    "WAITING_REASONS",
     "Plan",
     "PlannedReminder",
+    "RuleChange",
     "SkipReason",
     "SkippedReminder",
     "deadline_end",
@@ -29,9 +32,13 @@ __all__ = [
     "renewal_deadline",
 ]
 
-SkipReason = Literal["missed", "deadline_passed"]
+SkipReason = Literal["missed", "deadline_passed", "rule_change"]
 # The one reason a plan is empty only for now: the renewal is planned again when its client arrives.
 NO_CLIENT_DETAILS = "no_client_details"
+# Likewise for a partner never seen: its default owner decides who may be mailed at all.
+NO_PARTNER_SETTINGS = "no_partner_settings"
+# The reasons a renewal waits for missing data rather than being inactive for good.
+WAITING_REASONS = (NO_CLIENT_DETAILS, NO_PARTNER_SETTINGS)
 _UTC = ZoneInfo("UTC")
 
 
@@ -53,6 +60,14 @@ class SkippedReminder:
     reminder_id: str
     due_at: datetime
     reason: SkipReason
+
+
+@dataclass(frozen=True)
+class RuleChange:
+    """The last edit of the rules: the rules before it, and when the new ones came into force."""
+
+    previous: RuleSet
+    since: datetime
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,9 @@ def plan_renewal(
     rules: RuleSet,
     now: datetime,
     final: Collection[str] = (),
+    rule_change: RuleChange | None = None,
+    known_since: datetime | None = None,
+    last_sent_at: datetime | None = None,
 ) -> Plan:
     """Which reminders of a renewal to send and when, given everything known at ``now``.
 
@@ -150,6 +168,12 @@ def plan_renewal(
     skipped too, so that a first notice never arrives after the second one. Of reminders due at
     the same instant, only the one listed first goes out once that instant has passed. Once the
     deadline day has ended, every open reminder is skipped as ``deadline_passed``.
+
+    Catch-up is for renewals that arrive or change late, not for edits of the rules: a reminder
+    that ``rule_change`` added or moved (its due time differs from the previous rules') to a time
+    before the edit, and whose renewal was known (``known_since``: its data last changed) by that
+    time, is skipped as ``rule_change``. And no reminder is planned that is due before
+    ``last_sent_at``, when one was already sent for this renewal (``rule_change`` or ``missed``).
     """
     _check_arguments(renewal, client, override, now)
     now = now.astimezone(UTC)
@@ -158,7 +182,12 @@ def plan_renewal(
         return Plan("", None, tz.key, inactive_reason="removed")
     deadline = renewal_deadline(renewal.start_date, rules)
     inactive = _inactive_reason(
-        renewal, rules, removed=removed, services_ended=services_ended, client_known=client is not None
+        renewal,
+        rules,
+        removed=removed,
+        services_ended=services_ended,
+        client_known=client is not None,
+        partner_known=partner is not None,
     )
     if inactive is not None:
         return Plan(renewal.renewal_id, deadline, tz.key, inactive_reason=inactive)
@@ -173,7 +202,10 @@ def plan_renewal(
 
     # Only a daylight-saving gap right at midnight could push a due time past the deadline day.
     too_late = [rule for rule in open_rules if due[rule.id] >= end]
-    past = [rule for rule in applicable if due[rule.id] <= now and due[rule.id] < end]
+    by_edit = _moved_by_edit(renewal, open_rules, due, rule_change, known_since, now, tz)
+    before_sent = {rule.id for rule in open_rules if last_sent_at is not None and due[rule.id] < last_sent_at}
+    withheld = by_edit | before_sent
+    past = [rule for rule in applicable if due[rule.id] <= now and due[rule.id] < end and rule.id not in withheld]
     # max() keeps the first of equal candidates, so a tie goes to the reminder listed first.
     latest = max(past, key=lambda rule: due[rule.id], default=None)
     catch_up = latest if latest is not None and latest.id not in final else None
@@ -181,7 +213,10 @@ def plan_renewal(
     planned: list[PlannedReminder] = []
     skipped_list = [SkippedReminder(rule.id, due[rule.id], "deadline_passed") for rule in too_late]
     for rule in open_rules:
-        if rule is catch_up:
+        if rule.id in withheld and rule not in too_late:
+            reason: SkipReason = "rule_change" if rule.id in by_edit else "missed"
+            skipped_list.append(SkippedReminder(rule.id, due[rule.id], reason))
+        elif rule is catch_up:
             planned.append(PlannedReminder(rule.id, rule.template, now, now.astimezone(tz), due[rule.id] < now))
         elif rule in past:
             skipped_list.append(SkippedReminder(rule.id, due[rule.id], "missed"))
@@ -191,8 +226,46 @@ def plan_renewal(
     return Plan(renewal.renewal_id, deadline, tz.key, tuple(planned), tuple(skipped_list))
 
 
+def _moved_by_edit(
+    renewal: RenewalData,
+    open_rules: list[ReminderRule],
+    due: dict[str, datetime],
+    rule_change: RuleChange | None,
+    known_since: datetime | None,
+    now: datetime,
+    tz: ZoneInfo,
+) -> set[str]:
+    """Ids of open reminders that the last rule edit added or moved to a time already past at the edit.
+
+    A reminder whose due time the edit left alone is not one of them (a backlog or a downtime
+    still catches it up), nor one due before the renewal's data last changed (it came late).
+    """
+    if rule_change is None:
+        return set()
+    previous = rule_change.previous
+    before = {
+        rule.id: reminder_due_at(rule, renewal.start_date, previous, tz)
+        for rule in previous.reminders
+        if renewal.status in rule.statuses
+    }
+    return {
+        rule.id
+        for rule in open_rules
+        if due[rule.id] <= now
+        and due[rule.id] < rule_change.since
+        and before.get(rule.id) != due[rule.id]
+        and (known_since is None or known_since <= due[rule.id])
+    }
+
+
 def _inactive_reason(
-    renewal: RenewalData, rules: RuleSet, *, removed: bool, services_ended: bool, client_known: bool
+    renewal: RenewalData,
+    rules: RuleSet,
+    *,
+    removed: bool,
+    services_ended: bool,
+    client_known: bool,
+    partner_known: bool,
 ) -> str | None:
     if removed:
         return "removed"
@@ -204,4 +277,8 @@ def _inactive_reason(
         # Events may arrive out of order: the renewal before its client. Nothing can be addressed,
         # nor its time zone known, until the client's details arrive; they re-plan it then.
         return NO_CLIENT_DETAILS
+    if not partner_known:
+        # Without the partner's settings its default owner is unknown: routing with the built-in
+        # default could mail the contacts of a client the partner owns. partner.updated re-plans it.
+        return NO_PARTNER_SETTINGS
     return None

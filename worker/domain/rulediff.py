@@ -6,13 +6,16 @@ what the worker would do once the new file is in force.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from .events import ClientData, Owner, OwnerData, PartnerData, RenewalData, RenewalStatus
-from .planner import Plan, plan_renewal
+from .planner import Plan, RuleChange, plan_renewal, recipients_timezone, reminder_due_at
+from .routing import effective_owner
 from .rules import RuleSet
 
 __all__ = [
@@ -141,11 +144,14 @@ class PlanFacts:
     removed: bool = False
     services_ended: bool = False
     client_known: bool = True
+    partner_known: bool = True
     client_timezone: str | None = None
     partner_timezone: str | None = None
     default_owner: Owner | None = None
     override_owner: Owner | None = None
     final: frozenset[str] = frozenset()
+    known_since: datetime | None = None  # when the renewal's data last changed
+    last_sent_at: datetime | None = None  # when a reminder of it was last sent
 
 
 def facts_of(
@@ -157,6 +163,8 @@ def facts_of(
     partner: PartnerData | None,
     override: OwnerData | None,
     final: Collection[str] = (),
+    known_since: datetime | None = None,
+    last_sent_at: datetime | None = None,
 ) -> PlanFacts:
     """The facts of a renewal given as the planner's models."""
     return PlanFacts(
@@ -165,11 +173,14 @@ def facts_of(
         removed=removed,
         services_ended=services_ended,
         client_known=client is not None,
+        partner_known=partner is not None,
         client_timezone=None if client is None else client.timezone,
         partner_timezone=None if partner is None else partner.timezone,
         default_owner=None if partner is None else partner.default_owner,
         override_owner=None if override is None else override.owner,
         final=frozenset(final),
+        known_since=known_since,
+        last_sent_at=last_sent_at,
     )
 
 
@@ -189,44 +200,102 @@ class RuleDiffer:
         self.now = now
         self.assume_history = assume_history
         self._cache: dict[PlanFacts, list[ReminderChange]] = {}
+        self._grids: dict[tuple[date, str], tuple[datetime, ...]] = {}
 
     def changes(self, facts: PlanFacts) -> list[ReminderChange]:
+        facts = self._canonical(facts)
         cached = self._cache.get(facts)
         if cached is None:
             cached = self._cache[facts] = self._diff(facts)
         return cached
 
-    def _diff(self, facts: PlanFacts) -> list[ReminderChange]:
-        if facts.start_date is None:
-            return []
+    def _canonical(self, facts: PlanFacts) -> PlanFacts:
+        """The same facts with ``known_since`` and ``last_sent_at`` moved onto the renewal's due times.
+
+        The planner only compares them with due times (``known_since <= due``, ``due < last_sent_at``):
+        the first due time at or after each gives the same answers, and renewals then share a plan.
+        """
+        if facts.start_date is None or (facts.known_since is None and facts.last_sent_at is None):
+            return facts
+        grid = self._due_times(facts)
+        return replace(
+            facts, known_since=_on_grid(facts.known_since, grid), last_sent_at=_on_grid(facts.last_sent_at, grid)
+        )
+
+    def _due_times(self, facts: PlanFacts) -> tuple[datetime, ...]:
+        assert facts.start_date is not None
+        tz = self._timezone(facts)
+        key = (facts.start_date, tz.key)
+        grid = self._grids.get(key)
+        if grid is None:
+            grid = self._grids[key] = tuple(
+                sorted(
+                    {
+                        reminder_due_at(rule, facts.start_date, rules, tz)
+                        for rules in (self.old, self.new)
+                        for rule in rules.reminders
+                    }
+                )
+            )
+        return grid
+
+    def _timezone(self, facts: PlanFacts) -> ZoneInfo:
+        client, partner, override = self._models(facts)
+        return recipients_timezone(effective_owner(partner, override), client, partner)
+
+    def _models(self, facts: PlanFacts) -> tuple[ClientData | None, PartnerData | None, OwnerData | None]:
         # Models holding just the facts the planner reads (model_construct: they come from records
         # validated when they were stored); the other fields are never looked at.
-        renewal_fields: dict[str, Any] = {"renewal_id": "", "client_id": "", "start_date": facts.start_date}
-        renewal = RenewalData.model_construct(**renewal_fields, status=facts.status)
         client_fields: dict[str, Any] = {"client_id": "", "timezone": facts.client_timezone}
-        client = ClientData.model_construct(**client_fields)
+        client = ClientData.model_construct(**client_fields) if facts.client_known else None
         partner = None
-        if facts.partner_timezone is not None:
-            partner_fields: dict[str, Any] = {"timezone": facts.partner_timezone}
+        if facts.partner_known:
+            partner_fields: dict[str, Any] = {"timezone": facts.partner_timezone or "UTC"}
             partner = PartnerData.model_construct(**partner_fields, default_owner=facts.default_owner or "hubspot")
         override = None
         if facts.override_owner is not None:
             override = OwnerData.model_construct(client_id="", owner=facts.override_owner)
+        return client, partner, override
 
-        def plan(rules: RuleSet, done: Collection[str]) -> Plan:
+    def _diff(self, facts: PlanFacts) -> list[ReminderChange]:
+        if facts.start_date is None:
+            return []
+        renewal_fields: dict[str, Any] = {"renewal_id": "", "client_id": "", "start_date": facts.start_date}
+        renewal = RenewalData.model_construct(**renewal_fields, status=facts.status)
+        client, partner, override = self._models(facts)
+
+        def plan(rules: RuleSet, done: Collection[str], change: RuleChange | None, last_sent: datetime | None) -> Plan:
             return plan_renewal(
                 renewal,
                 removed=facts.removed,
                 services_ended=facts.services_ended,
-                client=client if facts.client_known else None,
+                client=client,
                 partner=partner,
                 override=override,
                 rules=rules,
                 now=self.now,
                 final=done,
+                rule_change=change,
+                known_since=facts.known_since,
+                last_sent_at=last_sent,
             )
 
-        done = facts.final
+        done, last_sent = facts.final, facts.last_sent_at
         if self.assume_history:
-            done |= history_at(plan(self.old, done), self.now)
-        return diff_plans(plan(self.old, done), plan(self.new, done), now=self.now)
+            before = plan(self.old, done, None, last_sent)
+            done |= history_at(before, self.now)
+            sent_by_now = [p.due_at for p in before.planned if p.due_at <= self.now]
+            last_sent = max([*sent_by_now, *([last_sent] if last_sent else [])], default=None)
+        # Deployed now, the new rules are a rule change since now: what it puts in the past is
+        # skipped, not caught up (the planner's rule), unless the renewal's data came later.
+        old = plan(self.old, done, None, last_sent)
+        new = plan(self.new, done, RuleChange(self.old, self.now), last_sent)
+        return diff_plans(old, new, now=self.now)
+
+
+def _on_grid(moment: datetime | None, grid: tuple[datetime, ...]) -> datetime | None:
+    """The first of ``grid`` at or after ``moment`` (just past the last when none is)."""
+    if moment is None:
+        return None
+    index = bisect_left(grid, moment)
+    return grid[index] if index < len(grid) else grid[-1] + timedelta(microseconds=1)

@@ -23,7 +23,7 @@ from .events import RenewalStatus
 
 __all__ = [
     "ANCHORS", "DEFAULT_DEADLINE_DAYS_BEFORE_START", "RENEWAL_STATUSES", "Anchor", "ReminderRule",
-    "RuleProblem", "RuleSet", "parse_rules",
+    "RuleProblem", "RuleSet", "parse_rules", "rules_from_json",
 ]  # fmt: skip
 
 Anchor = Literal["deadline", "start"]
@@ -115,9 +115,36 @@ class RuleSet:
     def fingerprint(self) -> str:
         """SHA-256 of what the reminder rules mean: a comment or layout edit keeps it, any change in meaning
         changes it. The digest's schedule is left out: changing it must not re-plan every renewal."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def to_json(self) -> str:
+        """What the reminder rules mean, as canonical JSON (``rules_from_json`` reads it back): kept in
+        Redis so that every process can tell what a rule edit changed."""
         content = [self.deadline_days_before_start, [asdict(rule) for rule in self.reminders]]
-        text = json.dumps(content, sort_keys=True, default=_json_value)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return json.dumps(content, sort_keys=True, default=_json_value)
+
+
+def rules_from_json(text: str | bytes, source: str = "<stored>") -> RuleSet:
+    """The rules ``RuleSet.to_json`` wrote; raises ``ValueError`` on anything else."""
+    try:
+        deadline_days, reminders = json.loads(text)
+        return RuleSet(
+            int(deadline_days),
+            tuple(
+                ReminderRule(
+                    id=str(item["id"]),
+                    anchor=item["anchor"],
+                    offset_days=int(item["offset_days"]),
+                    send_time=time.fromisoformat(item["send_time"]),
+                    template=str(item["template"]),
+                    statuses=frozenset(item["statuses"]),
+                )
+                for item in reminders
+            ),
+            source,
+        )
+    except (TypeError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not stored rules: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import idna
 
+from ..domain.errors import ConfigError
 from ..domain.events import Person
 from .render import RenderedEmail
 
@@ -156,11 +157,15 @@ def _mailbox_list(people: Sequence[tuple[str, str]]) -> list[str]:
 
 @lru_cache(maxsize=64)
 def _parse_mail_from(mail_from: str) -> tuple[str, str]:
-    _reject_controls(mail_from, "mail_from")
-    name, address = parseaddr(mail_from)
-    if not address:
-        raise ValueError(f"mail_from is not an address: {mail_from!r}")
-    _addr_spec(address)
+    """The From mailbox; a bad one is our configuration (MAIL_FROM), not the reminder's data: ConfigError."""
+    try:
+        _reject_controls(mail_from, "mail_from")
+        name, address = parseaddr(mail_from)
+        if not address:
+            raise ValueError(f"mail_from is not an address: {mail_from!r}")
+        _addr_spec(address)
+    except ValueError as exc:
+        raise ConfigError(f"MAIL_FROM: {exc}") from None
     return name, address
 
 
@@ -190,10 +195,16 @@ def _quoted_printable(text: str) -> bytes:
 
 
 def message_id_for(partner_id: str, renewal_id: str, reminder_id: str, *, domain: str) -> str:
-    """The same ``<...@domain>`` for every send of one reminder, so a resend is recognisably the same mail."""
+    """The same ``<...@domain>`` for every send of one reminder, so a resend is recognisably the same mail.
+
+    ``domain`` is MAIL_FROM's: one that cannot name a host is our configuration (ConfigError).
+    """
     key = json.dumps([partner_id, renewal_id, reminder_id], ensure_ascii=False).encode("utf-8")
     digest = hashlib.sha256(key).hexdigest()[:32]
-    host = _addr_spec(f"x@{domain}").partition("@")[2]
+    try:
+        host = _addr_spec(f"x@{domain}").partition("@")[2]
+    except ValueError as exc:
+        raise ConfigError(f"MAIL_FROM: its domain cannot name a Message-ID: {exc}") from None
     return f"<renewal.{digest}@{host}>"
 
 

@@ -384,6 +384,8 @@ def _version() -> str:
 
 def _build_parser() -> argparse.ArgumentParser:
     from . import history, steering
+    from .migrate import add_migrate_command
+    from .waiting import add_waiting_command
 
     parser = _Parser(prog="renewals", description=__doc__)
     parser.add_argument("--version", action="version", version=f"renewals {_version()}")
@@ -459,6 +461,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("partner_id", help="the partner's id")
     p.add_argument("client_id", help="the client's id (unique within the partner)")
     p.set_defaults(handler=_cmd_show_client)
+
+    add_waiting_command(sub)
+    add_migrate_command(sub)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the event contract")
     p.add_argument("--output", "-o", help="write to this file instead of standard output")

@@ -15,7 +15,7 @@ import idna
 import redis
 
 from ..domain.decision import Send, Skip, Wait, decide, reply_to
-from ..domain.errors import PermanentSendError, TransientError
+from ..domain.errors import ConfigError, PermanentSendError, TransientError
 from ..domain.planner import Plan
 from ..domain.rules import RuleSet
 from ..mail.message import build_message, envelope_recipients, message_id_for
@@ -270,7 +270,11 @@ class _Send:
     ) -> None:
         self.rt, self.ref, self.token, self.client_id, self.send = rt, ref, token, client_id, send
         self.rules, self.plan_next, self.last_try = rules, plan_next, last_try
-        self.message_id = message_id_for(*ref, domain=_from_domain(rt.settings.mail_from))
+        self.config_error: ConfigError | None = None
+        try:
+            self.message_id = message_id_for(*ref, domain=_from_domain(rt.settings.mail_from))
+        except ConfigError as exc:  # a bad MAIL_FROM: raised again when the send is prepared, and retried
+            self.message_id, self.config_error = "", exc
         self.started = False
         self.stopped: str | None = None
         self.sent: _Built | None = None
@@ -282,6 +286,10 @@ class _Send:
             result = await rt.mailer.send_checked(
                 lambda: self._prepare(recorder, checks), accepted=lambda r: self._accepted(recorder, r)
             )
+        except ConfigError as exc:  # our own settings or templates: retried until fixed, never the reminder's outcome
+            self._not_started(recorder)
+            self._give_back(keep_claim=True)
+            return exc
         except ValueError as exc:
             # The data cannot make a valid message (build_message refuses it): no retry can help.
             self._finish(
@@ -373,6 +381,8 @@ class _Send:
     async def _prepare(self, recorder: Recorder, checks: _Checks) -> Envelope | None:
         """The check at send time: state, ledger and suppressions read now, decided, rendered, built."""
         self._not_started(recorder)
+        if self.config_error is not None:
+            raise self.config_error
         rt, (partner_id, renewal_id, reminder_id) = self.rt, self.ref
         emails = [r.person.email for r in self.send.routing.to + self.send.routing.cc]
 

@@ -18,6 +18,7 @@ from ..state.connection import RedisOutage
 from ..state.connection import redis_client as _connect
 from ..state.history import History
 from ..state.keys import Keys
+from ..state.layout import check_layout
 from ..state.ledger import Ledger
 from ..state.planning import Planning
 from ..state.schedule import DueIndex
@@ -147,13 +148,23 @@ def _redis_client(settings: Settings, *, command_retries: int | None = None) -> 
 
 
 def build_runtime(
-    settings: Settings | None = None, *, clock: Clock | None = None, redis_client: redis.Redis | None = None
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    redis_client: redis.Redis | None = None,
+    check_store_layout: bool = True,
 ) -> Runtime:
-    """Build a runtime and make its broker the global dramatiq broker of this process."""
+    """Build a runtime and make its broker the global dramatiq broker of this process.
+
+    A store laid out for another version of the worker stops it here (StoreLayoutError, naming
+    what to do), unless ``check_store_layout`` is off: only `renewals migrate` turns it off.
+    """
     import dramatiq
 
     settings = settings or load_settings()
     client = redis_client or _redis_client(settings)
+    if check_store_layout:
+        check_layout(client, Keys(settings.key_prefix))
     # One outage per process: its consumers, actors and scheduler wait for Redis together, and log it once.
     outage = RedisOutage(
         max_backoff_s=settings.redis_max_backoff_s, min_backoff_s=min(0.1, settings.redis_max_backoff_s)

@@ -25,8 +25,13 @@ def key_part(value: str) -> str:
 class Keys:
     prefix: str = "rw"
 
+    def layout(self) -> str:
+        """The version of the layout of everything under the prefix (absent: layout 1, or an empty store)."""
+        return f"{self.prefix}:layout"
+
     def seen(self, slice_ms: int, index: int) -> str:
-        """Set of the event ids applied (or refused) during one time slice of ``slice_ms``, the ``index``-th."""
+        """Name of the sets of the event ids applied, superseded or refused during one time slice of
+        ``slice_ms`` (the ``index``-th): ``:<bucket>`` follows, each set holding the digests of its ids."""
         return f"{self.prefix}:seen:{slice_ms}:{index}"
 
     def partners(self) -> str:
@@ -67,6 +72,11 @@ class Keys:
         renewal, so it replaces exactly the previous plan with no bookkeeping per renewal."""
         return f"{self.prefix}:plan:reminder-ids"
 
+    def waiting(self, reason: str) -> str:
+        """Sorted set of renewals (due-member prefixes) waiting for missing data of one kind
+        (``no_client_details``, ``no_partner_settings``), by when they began to wait (epoch ms)."""
+        return f"{self.prefix}:waiting:{reason}"
+
     def dirty(self) -> str:
         """Sorted set of what must be re-planned (renewal, client or partner), by when it was marked."""
         return f"{self.prefix}:dirty"
@@ -92,6 +102,27 @@ class Keys:
     def event_stats(self) -> str:
         """Hash: count of events per apply outcome (applied, duplicate, stale, already_ended)."""
         return f"{self.prefix}:stats:events"
+
+    def replan_run(self) -> str:
+        """The fingerprint of the rules a chunked re-plan of every renewal is under way for."""
+        return f"{self.prefix}:replan:run"
+
+    def replan_partners(self) -> str:
+        """List: the partners of the re-plan under way (a snapshot taken when it started)."""
+        return f"{self.prefix}:replan:partners"
+
+    def replan_counter(self) -> str:
+        """Hash: ``next``, the next chunk of the re-plan under way to hand out."""
+        return f"{self.prefix}:replan:counter"
+
+    def replan_in_progress(self) -> str:
+        """Sorted set: chunks being re-planned, by lease expiry (epoch ms)."""
+        return f"{self.prefix}:replan:in-progress"
+
+    def rules_change(self) -> str:
+        """Hash: the fingerprint, JSON and start (epoch ms) of the rules in force, and the JSON of the
+        rules before them, so that every process can tell what the last edit changed."""
+        return f"{self.prefix}:rules:change"
 
     def rules_fingerprint(self) -> str:
         return f"{self.prefix}:rules:fingerprint"

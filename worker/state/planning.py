@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,14 +21,15 @@ from ..domain.events import (
     RenewalRemoved,
     RenewalUpdated,
 )
-from ..domain.planner import Plan, plan_renewal
+from ..domain.planner import NO_CLIENT_DETAILS, NO_PARTNER_SETTINGS, Plan, plan_renewal
 from ..domain.rules import RuleSet
-from .keys import Keys
+from .keys import CLIENT_BUCKETS, Keys
 from .ledger import Outcome, due_member
 from .records import StoredRecord, decode_payload, read_record
+from .rule_change import RulesInForce, parse_rules_in_force
 from .schedule import epoch_ms
 from .scripts import LuaScript, run_pipeline
-from .store import ClientState, RenewalState, Store, client_state_of, parse_dirty_member, renewal_state
+from .store import ClientState, RenewalState, Store, client_state_of, dirty_member, parse_dirty_member, renewal_state
 
 __all__ = ["Planning", "RenewalView"]
 
@@ -49,9 +51,13 @@ class RenewalView:
     partner: PartnerData | None
     outcomes: dict[str, Outcome]
     version: tuple[tuple[str, str], ...] = ()
+    known_since: datetime | None = None
+    rules_in_force: RulesInForce | None = None
 
     def plan(self, rules: RuleSet, now: datetime) -> Plan:
+        """The plan at ``now``; a rule edit and the reminders already sent keep it from mailing by surprise."""
         client = self.client
+        sent_at = [outcome.at for outcome in self.outcomes.values() if outcome.kind == "sent"]
         return plan_renewal(
             self.renewal.renewal,
             removed=self.renewal.removed,
@@ -62,6 +68,9 @@ class RenewalView:
             rules=rules,
             now=now,
             final=self.outcomes.keys(),
+            rule_change=None if self.rules_in_force is None else self.rules_in_force.change_for(rules, now),
+            known_since=self.known_since,
+            last_sent_at=max(sent_at, default=None),
         )
 
 
@@ -76,22 +85,31 @@ class RenewalView:
 # A reminder that is claimed (its delivery is under way) is not put back: the delivery re-checks
 # the plan when it runs and hands the reminder back if it is not due after all; that keeps
 # "enqueued once" true. A final reminder (in the ledger) is never planned.
-#   KEYS: due, planned reminder ids, claimed, ledger, then the k version records
+# A renewal that waits for missing data (its client, its partner) is kept in the waiting set of
+# that reason, from the first plan that found it waiting, so ops can count them and see the oldest.
+#   KEYS: due, planned reminder ids, claimed, ledger, waiting for a client, waiting for a partner,
+#         then the k version records
 #   ARGV: k, k expected stamps ('' = absent), expected ledger size, the renewal's due-member prefix,
+#         waiting ('' = not waiting, else the index of its KEYS: 5 or 6), now (ms),
 #         n planned (reminder id, score) pairs, then (reminder id, outcome) pairs of skipped reminders
 _WRITE_PLAN = """
 local k = tonumber(ARGV[1])
 for j = 1, k do
-  local record = redis.call('GET', KEYS[4 + j])
+  local record = redis.call('GET', KEYS[6 + j])
   local stamp = record and string.match(record, '^[^\\31]*\\31[^\\31]*') or ''
   if stamp ~= ARGV[1 + j] then return 0 end
 end
 if redis.call('HLEN', KEYS[4]) ~= tonumber(ARGV[k + 2]) then return 0 end
 local prefix = ARGV[k + 3]
+local waiting = tonumber(ARGV[k + 4])
+for w = 5, 6 do
+  if w == waiting then redis.call('ZADD', KEYS[w], 'NX', ARGV[k + 5], prefix)
+  else redis.call('ZREM', KEYS[w], prefix) end
+end
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('ZREM', KEYS[1], prefix .. id) end
-local i = k + 5
+local i = k + 7
 local indexed = false
-for _ = 1, tonumber(ARGV[k + 4]) do
+for _ = 1, tonumber(ARGV[k + 6]) do
   local m = prefix .. ARGV[i]
   redis.call('SADD', KEYS[2], ARGV[i])
   if not indexed and not redis.call('ZSCORE', KEYS[3], m) then
@@ -108,6 +126,8 @@ return 1
 """
 
 _BATCH = 500
+# Where the plan write finds each waiting set among its KEYS.
+_WAITING_KEY_INDEX = {NO_CLIENT_DETAILS: 5, NO_PARTNER_SETTINGS: 6}
 
 # Drops dirty marks that were handled, unless the mark was renewed since it was read (a newer
 # event for the same thing came in while planning ran): that one stays for the next flush.
@@ -143,33 +163,49 @@ class Planning:
         self._write_plan = LuaScript(client, _WRITE_PLAN)
         self._clear_dirty = LuaScript(client, _CLEAR_DIRTY)
 
-    def flush(self, rules: RuleSet, now: datetime, *, limit: int = 100_000) -> int:
+    def flush(self, rules: RuleSet, now: datetime, *, limit: int = 100_000, budget_s: float | None = None) -> int:
         """Re-plan what applied events marked dirty, in batches; returns how many renewals were planned.
 
         Any number of processes may flush at once: a renewal planned twice gets the same plan, and
-        a mark is only cleared if no newer event renewed it meanwhile.
+        a mark is only cleared if no newer event renewed it meanwhile. A partner's mark is first
+        split into one per index hash, and a batch stops at some _BATCH renewals, so that with
+        ``budget_s`` a flush returns after about that long (plus a batch) whatever was marked:
+        the scheduler claims due reminders between flushes.
         """
+        started = time.monotonic()
         planned = 0
         while planned < limit:
             rows = self.redis.zrange(self.keys.dirty(), 0, _BATCH - 1, withscores=True)
             if not rows:
                 break
             pairs: list[tuple[str, str]] = []
-            for member, _ in rows:
+            handled: list[tuple[bytes, float]] = []
+            for member, score in rows:
                 kind, partner_id, item_id = parse_dirty_member(member)
                 if kind == "renewal":
                     pairs.append((partner_id, item_id))
+                elif kind == "partner":
+                    marks = {dirty_member("bucket", partner_id, str(b)): score for b in range(CLIENT_BUCKETS)}
+                    self.redis.zadd(self.keys.dirty(), marks, nx=True)  # type: ignore[arg-type]
+                elif kind == "bucket":
+                    pairs.extend(
+                        (partner_id, rid) for rid in self.store.renewal_ids_in_bucket(partner_id, int(item_id))
+                    )
                 else:
-                    client_id = item_id if kind == "client" else None
-                    pairs.extend((partner_id, rid) for rid in self.store.renewal_ids(partner_id, client_id))
+                    pairs.extend((partner_id, rid) for rid in self.store.renewal_ids(partner_id, item_id))
+                handled.append((member, score))
+                if len(pairs) >= _BATCH:
+                    break
             pairs = list(dict.fromkeys(pairs))  # a renewal marked itself and through its client: planned once
             for start in range(0, len(pairs), _BATCH):
                 self._replan_batch(pairs[start : start + _BATCH], rules, now)
             planned += len(pairs)
             args: list[bytes | str] = []
-            for member, score in rows:
+            for member, score in handled:
                 args += [member, repr(score)]
             self._clear_dirty(keys=[self.keys.dirty()], args=args)
+            if budget_s is not None and time.monotonic() - started >= budget_s:
+                break
         return planned
 
     def view(self, partner_id: str, renewal_id: str) -> RenewalView:
@@ -200,9 +236,11 @@ class Planning:
                 pipe.get(k.client(partner_id, client_id))
                 pipe.get(k.owner(partner_id, client_id))
                 pipe.get(k.ended(partner_id, client_id))
+            pipe.hgetall(k.rules_change())
 
         replies = run_pipeline(self.redis, build, scripts)
-        head, rest = replies[: counted[0]], replies[counted[0] :]
+        head, rest = replies[: counted[0]], replies[counted[0] : -1]
+        rules_in_force = parse_rules_in_force(replies[-1])
         out: list[RenewalView] = []
         for n, (partner_id, renewal_id, client_id) in enumerate(requests):
             renewal_raw, ledger, partner_raw, *client_raws = rest[6 * n : 6 * n + 6]
@@ -218,9 +256,11 @@ class Planning:
                 (k.partner(partner_id), _stamp(partner_record)),
             ]
             client = None
+            changed = [record.updated_at for record in (renewal_record, partner_record) if record is not None]
             if renewal.renewal is not None:
                 records = [read_record(raw) for raw in client_raws]
                 client = client_state_of(client_id, *records)
+                changed += [record.updated_at for record in records[:2] if record is not None]
                 client_keys = (
                     k.client(partner_id, client_id),
                     k.owner(partner_id, client_id),
@@ -228,7 +268,8 @@ class Planning:
                 )
                 version += [(key, _stamp(record)) for key, record in zip(client_keys, records, strict=True)]
             outcomes = {key.decode(): Outcome.from_json(value) for key, value in ledger.items()}
-            out.append(RenewalView(partner_id, renewal_id, renewal, client, partner, outcomes, tuple(version)))
+            view = RenewalView(partner_id, renewal_id, renewal, client, partner, outcomes, tuple(version))
+            out.append(replace(view, known_since=max(changed, default=None), rules_in_force=rules_in_force))
         return head, out
 
     def views(self, pairs: Sequence[tuple[str, str]]) -> list[RenewalView]:
@@ -241,11 +282,14 @@ class Planning:
                 pipe.hgetall(k.ledger(pid, rid))
             for pid in partner_ids:
                 pipe.get(k.partner(pid))
+            pipe.hgetall(k.rules_change())
             first = pipe.execute()
+        rules_in_force = parse_rules_in_force(first[-1])
         partners = {}
-        for pid, raw in zip(partner_ids, first[2 * len(pairs) :], strict=True):
+        for pid, raw in zip(partner_ids, first[2 * len(pairs) : -1], strict=True):
             record = read_record(raw)
-            partners[pid] = (None if record is None else decode_payload(PartnerData, record.payload), _stamp(record))
+            model = None if record is None else decode_payload(PartnerData, record.payload)
+            partners[pid] = (model, _stamp(record), None if record is None else record.updated_at)
         renewal_records = [read_record(first[2 * i]) for i in range(len(pairs))]
         renewals = [renewal_state(record) for record in renewal_records]
         clients = sorted(
@@ -257,21 +301,25 @@ class Planning:
                 pipe.get(k.owner(pid, cid))
                 pipe.get(k.ended(pid, cid))
             second = pipe.execute()
-        client_states: dict[tuple[str, str], tuple[ClientState, tuple[str, str, str]]] = {}
+        client_states: dict[tuple[str, str], tuple[ClientState, tuple[str, str, str], list[datetime]]] = {}
         for n, (pid, cid) in enumerate(clients):
             client, owner, ended = (read_record(raw) for raw in second[3 * n : 3 * n + 3])
             state = client_state_of(cid, client, owner, ended)
-            client_states[(pid, cid)] = (state, (_stamp(client), _stamp(owner), _stamp(ended)))
+            changed = [record.updated_at for record in (client, owner) if record is not None]
+            client_states[(pid, cid)] = (state, (_stamp(client), _stamp(owner), _stamp(ended)), changed)
         out = []
         for i, (pid, rid) in enumerate(pairs):
             ledger = first[2 * i + 1]
             renewal = renewals[i]
-            partner, partner_stamp = partners[pid]
+            partner, partner_stamp, partner_changed = partners[pid]
             version = [(k.renewal(pid, rid), _stamp(renewal_records[i])), (k.partner(pid), partner_stamp)]
+            # When the data the plan is made from last changed: a reminder due before it came late.
+            changed = [moment for moment in (renewal.updated_at, partner_changed) if moment is not None]
             client = None
             if renewal.renewal is not None:
                 cid = renewal.renewal.client_id
-                client, (client_stamp, owner_stamp, ended_stamp) = client_states[(pid, cid)]
+                client, (client_stamp, owner_stamp, ended_stamp), client_changed = client_states[(pid, cid)]
+                changed += client_changed
                 version += [
                     (k.client(pid, cid), client_stamp),
                     (k.owner(pid, cid), owner_stamp),
@@ -286,6 +334,8 @@ class Planning:
                     partner,
                     {key.decode(): Outcome.from_json(value) for key, value in ledger.items()},
                     tuple(version),
+                    known_since=max(changed, default=None),
+                    rules_in_force=rules_in_force,
                 )
             )
         return out
@@ -328,13 +378,15 @@ class Planning:
         # sent along for when the next is in flight, so that a plan changed meanwhile (new rules
         # adding a later reminder) is never left without an entry.
         upcoming = plan.planned[:2]
-        args += [due_member_prefix(pid, rid), len(upcoming)]
+        waiting = _WAITING_KEY_INDEX.get(plan.inactive_reason or "", "")
+        args += [due_member_prefix(pid, rid), waiting, epoch_ms(now), len(upcoming)]
         for item in upcoming:
             args += [item.reminder_id, epoch_ms(item.due_at)]
         for skip in plan.skipped:
             outcome = Outcome("skipped", now, reason=skip.reason, extra={"due_at": skip.due_at.isoformat()})
             args += [skip.reminder_id, outcome.to_json()]
-        keys = [k.due(), k.planned_reminder_ids(), k.claimed(), k.ledger(pid, rid), *(key for key, _ in view.version)]
+        keys = [k.due(), k.planned_reminder_ids(), k.claimed(), k.ledger(pid, rid)]
+        keys += [k.waiting(NO_CLIENT_DETAILS), k.waiting(NO_PARTNER_SETTINGS), *(key for key, _ in view.version)]
         self._write_plan.queue(pipe, keys=keys, args=args)
 
     def renewals_touched(self, event: Event) -> list[str]:

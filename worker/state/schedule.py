@@ -144,13 +144,14 @@ class Scheduler:
     def run_forever(self, stop: threading.Event, *, poll_s: float = 1.0) -> None:
         _log.info("scheduler started (poll every %.1fs)", poll_s)
         while not stop.is_set():
+            busy = False
             try:
-                if self.on_tick is not None:
-                    self.on_tick()
+                # A tick that reports more work (a re-plan in chunks) is followed at once by the next.
+                busy = bool(self.on_tick()) if self.on_tick is not None else False
                 count = self.run_once()
                 if count:
                     _log.info("enqueued %d due reminder(s)", count)
             except redis.ConnectionError as exc:
                 _log.warning("Redis unavailable, retrying: %s", exc)
-            stop.wait(poll_s)
+            stop.wait(0 if busy else poll_s)
         _log.info("scheduler stopped")

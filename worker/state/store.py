@@ -30,6 +30,7 @@ from .records import StoredRecord, decode_payload, encode_payload, read_record, 
 from .scripts import LuaScript, run_pipeline
 
 __all__ = [
+    "SEEN_BUCKETS",
     "ApplyOutcome",
     "ClientState",
     "DeadLetter",
@@ -37,6 +38,7 @@ __all__ = [
     "Store",
     "client_state_of",
     "dirty_member",
+    "event_id_digest",
     "micros",
     "parse_dirty_member",
     "parse_stored",
@@ -51,21 +53,41 @@ M = TypeVar("M", bound=BaseModel)
 # an older state behind, and no applied change can miss its re-plan. Ties on occurred_at are
 # broken by event id, so every worker converges on the same state. Records are laid out as
 # worker/records.py says; a removal keeps the last payload (what the renewal was) and sets the flag.
-# A repeat of the event a record was last written by is found by the record's own stamp, for as
-# long as it is the latest; so only the ids of events that were superseded or refused need
-# remembering, in sets, one per time slice (a key with a TTL each costs three times a set member).
+# Every event id applied or refused is remembered, so that an id reused for another record is a
+# duplicate for the whole window, not only once it stops being its record's latest (whose repeat
+# the record's own stamp also finds, for as long as it is the latest). An id is kept as a 52-bit
+# digest (two polynomial hashes modulo primes below 2**26: exact in Lua's doubles, and two ids
+# that differ in one character never collide) in one of SEEN_BUCKETS sets per time slice, so
+# that each set stays an intset: 8 bytes an id (and some 90 a set: under 1 MB for all of them),
+# where the id itself in a hashtable set costs some 90. A superseded id is remembered again in the current slice, so it
+# is known for the configured time after it was replaced. The bucket of that id is only known
+# here, so its set is named here (ARGV[11] is the current slice's name; standalone Redis only,
+# as the rest of the worker).
 _APPLY = """
--- KEYS: record, dirty, stats, partners, renewals by client, seen slices (the current one first)
+-- KEYS: record, dirty, stats, partners, renewals by client, the event id's bucket in each seen
+--       slice (the current one first)
 -- ARGV: event_id, ts, mode, payload, dirty member, now_ms, current slice's TTL (ms), partner id,
---       client id to index ('' = none), renewal id to index under it ('' = none)
+--       client id to index ('' = none), renewal id to index under it ('' = none),
+--       current slice's key ('<bucket>' appended), bucket count
 local SEP = '\\31'
 local function stamp_ts(text)  -- Lua 5.1's tonumber(text, 36) takes no sign
   if string.sub(text, 1, 1) == '-' then return -tonumber(string.sub(text, 2), 36) end
   return tonumber(text, 36)
 end
+local function digest(event_id)  -- event_id_digest() in Python computes the same
+  local a, b = 0, 0
+  for i = 1, #event_id do
+    local c = string.byte(event_id, i)
+    a = (a * 257 + c) % 67108859
+    b = (b * 263 + c) % 67108837
+  end
+  return a * 67108864 + b
+end
 local function remember(event_id)
-  redis.call('SADD', KEYS[6], event_id)
-  redis.call('PEXPIRE', KEYS[6], ARGV[7])
+  local d = digest(event_id)
+  local key = ARGV[11] .. ':' .. string.format('%d', d % tonumber(ARGV[12]))
+  redis.call('SADD', key, string.format('%d', d))
+  redis.call('PEXPIRE', key, ARGV[7])
 end
 local function done(outcome)
   redis.call('HINCRBY', KEYS[3], outcome, 1)
@@ -78,8 +100,9 @@ if cur then
   cts, ceid, old = string.match(cur, '^(-?%w+)\\31([^\\31]*)\\31[01](.*)$')
   if ceid == ARGV[1] then return done('duplicate') end
 end
+local own = string.format('%d', digest(ARGV[1]))
 for i = 6, #KEYS do
-  if redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then return done('duplicate') end
+  if redis.call('SISMEMBER', KEYS[i], own) == 1 then return done('duplicate') end
 end
 local payload = ARGV[4]
 if cur then
@@ -96,6 +119,7 @@ if cur then
   if mode == 'remove' then payload = old end
   remember(ceid)
 end
+remember(ARGV[1])
 redis.call('SET', KEYS[1], ARGV[2] .. SEP .. ARGV[1] .. SEP .. (mode == 'remove' and '1' or '0') .. payload)
 redis.call('SADD', KEYS[4], ARGV[8])
 local cid, rid = ARGV[9], ARGV[10]
@@ -111,16 +135,29 @@ redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
 return done('applied')
 """
 
-# Ids are remembered (from when an event is superseded or refused) for at least the configured
-# time and at most 1/_SEEN_SLICES longer.
+# Ids are remembered (from when an event is applied, superseded or refused) for at least the
+# configured time and at most 1/_SEEN_SLICES longer.
 _SEEN_SLICES = 8
+# Sets per slice: each stays an intset (set-max-intset-entries, 512) up to some 500,000 ids a slice.
+SEEN_BUCKETS = 1024
 
 
-DirtyKind = Literal["renewal", "client", "partner"]
+def event_id_digest(event_id: str) -> int:
+    """The 52-bit digest an event id is remembered by (the apply script computes the same)."""
+    a = b = 0
+    for c in event_id.encode():
+        a = (a * 257 + c) % 67108859
+        b = (b * 263 + c) % 67108837
+    return a * 67108864 + b
+
+
+DirtyKind = Literal["renewal", "client", "partner", "bucket"]
 
 
 def dirty_member(kind: DirtyKind, partner_id: str, item_id: str = "") -> str:
-    """What to re-plan: one renewal, every renewal of a client, or every renewal of a partner."""
+    """What to re-plan: one renewal, every renewal of a client, every renewal of a partner, or the
+    renewals of one of a partner's index hashes (``item_id`` its number: a partner mark is split
+    into these, so that re-planning a large partner is done in parts between due claims)."""
     return SEP.join((kind, partner_id, item_id))
 
 
@@ -244,8 +281,10 @@ class Store:
             indexed_client = event.data.client_id
         if mode == "set":
             payload = encode_payload(event.data)
+        bucket = event_id_digest(event.event_id) % SEEN_BUCKETS
         seen, seen_ttl_ms = self._seen_slices(now_ms)
-        keys = [record, k.dirty(), k.event_stats(), k.partners(), k.renewals_by_client(pid, indexed_client), *seen]
+        keys = [record, k.dirty(), k.event_stats(), k.partners(), k.renewals_by_client(pid, indexed_client)]
+        keys += [f"{key}:{bucket}" for key in seen]
         args: list[Any] = [
             event.event_id,
             ts_text(micros(event.occurred_at)),
@@ -257,6 +296,8 @@ class Store:
             pid,
             indexed_client,
             indexed_renewal,
+            seen[0],
+            SEEN_BUCKETS,
         ]
         return keys, args
 
@@ -330,6 +371,11 @@ class Store:
             for bucket in range(CLIENT_BUCKETS):
                 pipe.hkeys(self.keys.renewals_by_client_bucket(partner_id, bucket))
             return sorted(m.decode() for keys in pipe.execute() for m in keys)
+
+    def renewal_ids_in_bucket(self, partner_id: str, bucket: int) -> list[str]:
+        """Renewal ids of the clients in one of a partner's index hashes (a chunk of a re-plan)."""
+        joined = self.redis.hvals(self.keys.renewals_by_client_bucket(partner_id, bucket))
+        return sorted({rid for ids in joined for rid in ids.decode().split(SEP) if rid})
 
     def renewal_ids(self, partner_id: str, client_id: str | None = None) -> list[str]:
         """Renewal ids of a partner, or of one client (a superset: a renewal may have moved client)."""
