@@ -170,17 +170,26 @@ def _cmd_rules_diff(args: argparse.Namespace) -> int:
     settings = load_settings()
     known = Renderer(settings.templates_dir).template_names()
     old_path = Path(args.rules) if args.rules else settings.rules_path
-    old = load_rules(old_path, known_templates=known)
     new = load_rules(Path(args.new), known_templates=known)
+    shown = str(old_path.relative_to(Path.cwd())) if old_path.is_relative_to(Path.cwd()) else str(old_path)
     refused: list[str] = []
     if args.events is not None:
+        old = load_rules(old_path, known_templates=known)
         now = args.at or datetime.now(UTC)
         diff, refused = diff_events_file(Path(args.events), old, new, at=now, sample_size=args.samples)
     else:
+        from .rules_view import rules_for_views
+
         rt = _inspection_runtime()
+        if args.rules:
+            old = load_rules(old_path, known_templates=known)
+        else:
+            # The rules the scheduler plans with (in Redis), as `plan` shows; the local file otherwise.
+            old = rules_for_views(rt)
+            if old.source.endswith("(in Redis)"):
+                shown = old.source
         now = rt.clock.now()
         diff = diff_store(rt.store, old, new, now=now, sample_size=args.samples)
-    shown = str(old_path.relative_to(Path.cwd())) if old_path.is_relative_to(Path.cwd()) else str(old_path)
     if args.json:
         print(diff_json(diff, old=shown, new=args.new, now=now, refused=refused))
     else:
