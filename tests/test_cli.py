@@ -46,6 +46,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ["show", "client"],
         ["plan"],
         ["rules", "check"],
+        ["rules", "diff"],
+        ["preview"],
         ["schema"],
     ],
 )

@@ -13,7 +13,7 @@ from .planner import NO_CLIENT_DETAILS, NO_PARTNER_SETTINGS, Plan
 from .routing import ALL_CONTACT_ROLES, ContactRole, Routing, partner_user, route
 from .rules import RuleSet
 
-__all__ = ["NOT_DUE_TOLERANCE", "Send", "Skip", "Wait", "decide"]
+__all__ = ["NOT_DUE_TOLERANCE", "Send", "Skip", "Wait", "decide", "reply_to"]
 
 # A reminder claimed a moment before its due instant (clock skew between machines) still goes.
 NOT_DUE_TOLERANCE = timedelta(seconds=5)
@@ -31,6 +31,15 @@ class Send:
     routing: Routing
     deadline: date
     local_today: date
+
+
+def reply_to(send: Send) -> Person | None:
+    """Replies go to whom the mail names as the contact: the renewal manager, else the partner user."""
+    if send.renewal.renewal_manager is not None:
+        return send.renewal.renewal_manager
+    if send.audience == "client" and send.partner is not None:
+        return send.partner_user
+    return None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ from .locales import (
     load_catalogs,
 )
 
-__all__ = ["AUDIENCES", "SUPPORTED_LOCALES", "Audience", "RenderedEmail", "Renderer", "choose_locale"]
+__all__ = [
+    "AUDIENCES", "SUPPORTED_LOCALES", "Audience", "RenderedEmail", "Renderer", "SampleCase", "choose_locale",
+    "hostile_samples",
+]  # fmt: skip
 
 Audience = Literal["client", "partner"]
 AUDIENCES: tuple[Audience, ...] = ("client", "partner")
@@ -296,3 +299,14 @@ _SAMPLES: tuple[tuple[RenewalData, PartnerData | None, Person | None, date], ...
     (_sample_renewal(None, "1.00", "2.00"), None, None, _SAMPLE_DEADLINE),
     (_sample_renewal(None, "1.00", "2.00"), None, None, date(2026, 4, 20)),
 )
+
+
+# (client, renewal, partner, partner user, deadline, today) of one sample rendering.
+SampleCase = tuple[ClientData, RenewalData, PartnerData | None, Person | None, date, date]
+
+
+def hostile_samples() -> list[SampleCase]:
+    """The data ``check()`` renders every template with, for previews that show what it checks."""
+    return [
+        (_SAMPLE_CLIENT, renewal, partner, user, _SAMPLE_DEADLINE, today) for renewal, partner, user, today in _SAMPLES
+    ]

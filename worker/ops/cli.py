@@ -22,6 +22,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 if TYPE_CHECKING:
     from ..service.runtime import Runtime
+    from .preview import Preview
+    from .preview_server import PreviewSource
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
@@ -155,6 +157,137 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{path}: ok")
+    return 0
+
+
+def _cmd_rules_diff(args: argparse.Namespace) -> int:
+    from ..config.rulefile import load_rules
+    from ..config.settings import load_settings
+    from ..mail.render import Renderer
+    from .rulediff import diff_events_file, diff_json, diff_store, format_diff
+
+    if args.at is not None and args.events is None:
+        print("error: --at goes with --events", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    known = Renderer(settings.templates_dir).template_names()
+    old_path = Path(args.rules) if args.rules else settings.rules_path
+    new = load_rules(Path(args.new), known_templates=known)
+    shown = str(old_path.relative_to(Path.cwd())) if old_path.is_relative_to(Path.cwd()) else str(old_path)
+    refused: list[str] = []
+    if args.events is not None:
+        old = load_rules(old_path, known_templates=known)
+        now = args.at or datetime.now(UTC)
+        diff, refused = diff_events_file(Path(args.events), old, new, at=now, sample_size=args.samples)
+    else:
+        from .rules_view import rules_for_views
+
+        rt = _inspection_runtime()
+        if args.rules:
+            old = load_rules(old_path, known_templates=known)
+        else:
+            # The rules the scheduler plans with (in Redis), as `plan` shows; the local file otherwise.
+            old = rules_for_views(rt)
+            if old.source.endswith("(in Redis)"):
+                shown = old.source
+        now = rt.clock.now()
+        diff = diff_store(rt.store, old, new, now=now, sample_size=args.samples)
+    if args.json:
+        print(diff_json(diff, old=shown, new=args.new, now=now, refused=refused))
+    else:
+        for line in refused:
+            print(f"refused: {line}", file=sys.stderr)
+        print(format_diff(diff, old=shown, new=args.new, now=now))
+    immediate = diff.total("immediate")
+    if args.max_immediate is not None and immediate > args.max_immediate:
+        limit = args.max_immediate
+        print(
+            f"{immediate} reminder(s) would go out at once when deployed, over --max-immediate {limit}",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+def _preview_source(args: argparse.Namespace) -> PreviewSource:
+    """Where the previews come from: the built-in samples, an events file at a time, or one stored renewal."""
+    from ..config.rulefile import load_rules
+    from ..config.settings import load_settings
+    from ..mail.render import Renderer
+    from ..state.planning import Planning
+    from .preview import view_previews
+    from .preview_samples import sample_previews
+    from .preview_server import PreviewSource, fresh_renderer
+    from .rulediff import events_store, read_events
+
+    settings = load_settings()
+    roles = settings.hubspot_contact_roles
+    renderer = fresh_renderer(settings.templates_dir)
+
+    if args.events is not None:
+        events_path, at = Path(args.events), args.at or datetime.now(UTC)
+
+        def from_events(r: Renderer) -> list[Preview]:
+            events, refused = read_events(events_path)
+            for line in refused:
+                print(f"refused: {line}", file=sys.stderr)
+            store = events_store(events, at=at)
+            planning = Planning(store.redis, store, store.keys)
+            pairs = [(pid, rid) for pid in store.partner_ids() for rid in store.renewal_ids(pid)]
+            rules = load_rules(settings.rules_path, known_templates=r.template_names())
+            return view_previews(planning.views(pairs), rules, now=at, roles=roles)
+
+        return PreviewSource(renderer, from_events, settings.mail_from, f"{events_path.name} at {at.isoformat()}")
+    if args.renewal is not None:
+        partner_id, renewal_id = args.renewal
+        rt = _inspection_runtime()
+
+        def from_store(r: Renderer) -> list[Preview]:
+            state = rt.store.renewal_state(partner_id, renewal_id)
+            if state.updated_at is None:
+                raise RenewalsError(f"no events received for renewal {renewal_id} of partner {partner_id}")
+            return view_previews(
+                [rt.planning.view(partner_id, renewal_id)], rt.rules(), now=rt.clock.now(), roles=roles
+            )
+
+        return PreviewSource(renderer, from_store, settings.mail_from, f"stored renewal {partner_id}/{renewal_id}")
+
+    def from_samples(r: Renderer) -> list[Preview]:
+        return sample_previews(r, roles=roles)
+
+    return PreviewSource(renderer, from_samples, settings.mail_from, "built-in samples")
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from .gallery import build_gallery, write_gallery
+    from .preview_server import make_server
+
+    if args.at is not None and args.events is None:
+        print("error: --at goes with --events", file=sys.stderr)
+        return 2
+    if (args.out is None) == (not args.serve):
+        print("error: give one of --out DIR or --serve", file=sys.stderr)
+        return 2
+    source = _preview_source(args)
+    if args.serve:
+        server = make_server(source, port=args.port)
+        port = server.server_address[1]
+        print(f"serving {source.description} at http://127.0.0.1:{port}/ (Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return 0
+    renderer = source.renderer()
+    gallery = build_gallery(renderer, source.previews(renderer), mail_from=source.mail_from, source=source.description)
+    out = Path(args.out)
+    written = write_gallery(gallery, out)
+    warnings = len(gallery.general) + sum(len(page.warnings) for page in gallery.pages)
+    print(
+        f"wrote {len(gallery.pages)} page(s) ({len(written)} files) to {out}/: open index.html; {warnings} warning(s)"
+    )
     return 0
 
 
@@ -309,6 +442,26 @@ def _build_parser() -> argparse.ArgumentParser:
     p = rules.add_parser("check", help="validate a rule file (and the templates it names); exit 1 on any problem")
     p.add_argument("path", nargs="?", help="rule file (default: RULES_PATH)")
     p.set_defaults(handler=_cmd_rules_check)
+
+    p = rules.add_parser("diff", help="what a candidate rule file would add, move, remove or send at once")
+    p.add_argument("new", metavar="NEW.yaml", help="the candidate rule file")
+    p.add_argument("--rules", help="the rules in force (default: RULES_PATH)")
+    p.add_argument("--events", help="diff over the renewals of this JSON Lines file instead of the stored ones")
+    p.add_argument("--at", type=_timestamp, help="with --events: the moment to diff at (default: now)")
+    p.add_argument("--json", action="store_true", help="the whole result as JSON")
+    p.add_argument("--samples", type=int, default=5, help="changes shown of each kind (default 5)")
+    p.add_argument("--max-immediate", type=int, help="exit 2 when more than N reminders would go out at once")
+    p.set_defaults(handler=_cmd_rules_diff)
+
+    p = sub.add_parser("preview", help="every email in every locale as it would be sent: a static gallery or a server")
+    p.add_argument("--out", help="write the gallery into this folder (index.html)")
+    p.add_argument("--serve", action="store_true", help="serve the gallery on 127.0.0.1, rendered on each request")
+    p.add_argument("--port", type=int, default=8025, help="with --serve (default 8025; 0: any free port)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--events", help="preview the renewals of this JSON Lines file (default: built-in samples)")
+    data.add_argument("--renewal", nargs=2, metavar=("PARTNER", "RENEWAL"), help="one stored renewal (REDIS_URL)")
+    p.add_argument("--at", type=_timestamp, help="with --events: the state and plans at this moment (default: now)")
+    p.set_defaults(handler=_cmd_preview)
 
     p = sub.add_parser("enqueue", help="validate a JSON Lines file of events and enqueue the good ones")
     p.add_argument("file", help="JSON Lines file, or - for standard input")

@@ -14,9 +14,8 @@ from email.utils import parseaddr
 import idna
 import redis
 
-from ..domain.decision import Send, Skip, Wait, decide
+from ..domain.decision import Send, Skip, Wait, decide, reply_to
 from ..domain.errors import ConfigError, PermanentSendError, TransientError
-from ..domain.events import Person
 from ..domain.planner import Plan
 from ..domain.rules import RuleSet
 from ..mail.message import build_message, envelope_recipients, message_id_for
@@ -35,15 +34,6 @@ _log = logging.getLogger("worker.delivery")
 
 class LeaseBusy(TransientError):
     """Another worker holds this reminder's lease: try again after it finishes or its lease runs out."""
-
-
-def _reply_to(send: Send) -> Person | None:
-    """Replies go to whom the mail names as the contact: the renewal manager, else the partner user."""
-    if send.renewal.renewal_manager is not None:
-        return send.renewal.renewal_manager
-    if send.audience == "client" and send.partner is not None:
-        return send.partner_user
-    return None
 
 
 def _keep_claim(rt: Context, partner_id: str, renewal_id: str, reminder_id: str) -> None:
@@ -453,7 +443,7 @@ class _Send:
             mail_from=rt.settings.mail_from,
             to=to,
             cc=cc,
-            reply_to=_reply_to(send),
+            reply_to=reply_to(send),
             message_id=self.message_id,
             # Renewal ids are unique per partner only: the partner id makes the tag name one reminder.
             reminder_tag=f"{partner_id}/{renewal_id}/{reminder_id}",

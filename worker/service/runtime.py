@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from ..config.rulefile import RulesWatcher
     from ..domain.rules import RuleSet
     from ..mail.mailer import Mailer
+    from ..mail.reload import RendererWatcher
     from ..mail.render import Renderer
 
 __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
@@ -56,19 +58,38 @@ class Runtime:
     actors: Actors = field(init=False)
     _rules_checked_at: float = field(default=0.0, init=False)
     _rules_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _templates_checked_at: float = field(default=0.0, init=False)
+    _templates_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     @cached_property
-    def renderer(self) -> Renderer:
-        from ..mail.render import Renderer
+    def renderer_watcher(self) -> RendererWatcher:
+        from ..mail.reload import RendererWatcher
 
-        return Renderer(self.settings.templates_dir)
+        return RendererWatcher(self.settings.templates_dir, required=self._templates_in_use)
+
+    @property
+    def renderer(self) -> Renderer:
+        """The templates and wording in force, looking for a valid edit at most every RULES_RELOAD_S."""
+        watcher = self.renderer_watcher
+        now = time.monotonic()
+        if now - self._templates_checked_at >= self.settings.rules_reload_s:
+            with self._templates_lock:
+                if now - self._templates_checked_at >= self.settings.rules_reload_s:
+                    self._templates_checked_at = now
+                    watcher.maybe_reload()
+        return watcher.renderer
+
+    def _templates_in_use(self) -> set[str]:
+        watcher = self.__dict__.get("rules_watcher")
+        return set() if watcher is None else {rule.template for rule in watcher.rules.reminders}
 
     @cached_property
     def rules_watcher(self) -> RulesWatcher:
         from ..config.rulefile import RulesWatcher
 
+        # The names of the templates in force now, not at start-up: a rule may name a template added since.
         return RulesWatcher(
-            self.settings.rules_path, known_templates=self.renderer.template_names(), on_reload=record_rule_reload
+            self.settings.rules_path, known_templates=_TemplateNames(self), on_reload=record_rule_reload
         )
 
     def rules(self) -> RuleSet:
@@ -100,6 +121,25 @@ class Runtime:
         if self.broker.client is not self.redis:
             self.broker.client.close()
         self.redis.close()
+
+
+class _TemplateNames(Collection[str]):
+    """The template names of the renderer in force, looked up on each use."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def _names(self) -> frozenset[str]:
+        return self._runtime.renderer_watcher.renderer.template_names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
 
 
 def _redis_client(settings: Settings, *, command_retries: int | None = None) -> redis.Redis:
