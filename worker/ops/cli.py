@@ -14,6 +14,7 @@ import redis
 
 from ..config.settings import default_data_path
 from ..domain.errors import ConfigError, InvalidEvent, RenewalsError
+from .args import timestamp
 from .status import add_status_parser
 
 __all__ = ["main"]
@@ -129,14 +130,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(Path(args.examples), Path(args.outbox), until=args.until)
-
-
-def _timestamp(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _cmd_rules_check(args: argparse.Namespace) -> int:
@@ -406,7 +399,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", default=str(default_data_path("examples")), help="folder of example events")
     p.add_argument("--outbox", default="outbox", help="where emails are written as .eml files")
     p.add_argument(
-        "--until", default="2027-06-01T00:00:00+00:00", type=_timestamp, help="run the virtual clock up to here"
+        "--until", default="2027-06-01T00:00:00+00:00", type=timestamp, help="run the virtual clock up to here"
     )
     p.set_defaults(handler=_cmd_demo)
 
@@ -419,9 +412,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="run events through the whole pipeline on a virtual clock")
     p.add_argument("--events", required=True, help="JSON Lines file of events, applied in file order")
-    p.add_argument("--until", required=True, type=_timestamp, help="move the virtual clock up to this timestamp")
+    p.add_argument("--until", required=True, type=timestamp, help="move the virtual clock up to this timestamp")
     p.add_argument("--outbox", required=True, help="folder for the .eml files")
-    p.add_argument("--start", type=_timestamp, help="virtual start time (default: the first event's)")
+    p.add_argument("--start", type=timestamp, help="virtual start time (default: the first event's)")
     p.add_argument("--rules", help="rule file (default: RULES_PATH)")
     p.set_defaults(handler=_cmd_simulate)
 
@@ -447,7 +440,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", metavar="NEW.yaml", help="the candidate rule file")
     p.add_argument("--rules", help="the rules in force (default: RULES_PATH)")
     p.add_argument("--events", help="diff over the renewals of this JSON Lines file instead of the stored ones")
-    p.add_argument("--at", type=_timestamp, help="with --events: the moment to diff at (default: now)")
+    p.add_argument("--at", type=timestamp, help="with --events: the moment to diff at (default: now)")
     p.add_argument("--json", action="store_true", help="the whole result as JSON")
     p.add_argument("--samples", type=int, default=5, help="changes shown of each kind (default 5)")
     p.add_argument("--max-immediate", type=int, help="exit 2 when more than N reminders would go out at once")
@@ -460,7 +453,7 @@ def _build_parser() -> argparse.ArgumentParser:
     data = p.add_mutually_exclusive_group()
     data.add_argument("--events", help="preview the renewals of this JSON Lines file (default: built-in samples)")
     data.add_argument("--renewal", nargs=2, metavar=("PARTNER", "RENEWAL"), help="one stored renewal (REDIS_URL)")
-    p.add_argument("--at", type=_timestamp, help="with --events: the state and plans at this moment (default: now)")
+    p.add_argument("--at", type=timestamp, help="with --events: the state and plans at this moment (default: now)")
     p.set_defaults(handler=_cmd_preview)
 
     p = sub.add_parser("enqueue", help="validate a JSON Lines file of events and enqueue the good ones")

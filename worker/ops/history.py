@@ -7,11 +7,12 @@ import csv
 import json
 import sys
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC
 from itertools import islice
 from typing import TYPE_CHECKING, TextIO
 
 from ..state.history import History, HistoryEntry, HistoryFilter
+from .args import positive_int, timestamp
 
 if TYPE_CHECKING:
     from ..service.runtime import Runtime
@@ -35,24 +36,6 @@ CSV_COLUMNS = (
     "attempt",
     "by",
 )
-
-
-def _since(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or timestamp: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
 
 
 def format_entry(entry: HistoryEntry) -> str:
@@ -129,9 +112,9 @@ def register(sub: argparse._SubParsersAction, runtime: Callable[[], Runtime]) ->
         "(e.g. 'suppressions add', retry, cancel)",
     )
     p.add_argument(
-        "--since", type=_since, help="only entries at or after this ISO 8601 date or time (UTC if no offset)"
+        "--since", type=timestamp, help="only entries at or after this ISO 8601 date or time (UTC if no offset)"
     )
-    p.add_argument("--limit", type=_positive, default=50, help="at most this many entries")
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many entries")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON object a line")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header line")

@@ -18,6 +18,7 @@ from ..domain.errors import ConfigError, InvalidEvent
 from ..state.history import History, HistoryEntry
 from ..state.steering import cancel_reminder, dead_letter_rows, remove_dead_letters, retry_failed
 from ..state.suppressions import Suppression
+from .args import positive_int, timestamp
 
 if TYPE_CHECKING:
     from ..service.runtime import Runtime
@@ -32,24 +33,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no user name in a bare container
         return "unknown"
-
-
-def _moment(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or timestamp: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value}); --all lists every one")
-    return value
 
 
 def _steering_runtime(runtime: RuntimeGetter) -> Runtime:
@@ -275,7 +258,7 @@ def register(sub: argparse._SubParsersAction, runtime: RuntimeGetter) -> None:  
         help="rejected events, newest first; replay or purge them",
         description="Rejected events with the reason and raw body, newest first. Without an action: list them.",
     )
-    dl.add_argument("--limit", type=_positive, default=50, help="list at most this many")
+    dl.add_argument("--limit", type=positive_int, default=50, help="list at most this many")
     dl.add_argument("--all", action="store_true", help="list every one")
     dl.add_argument("--json", action="store_true", help="one JSON object a line")
     bind(dl, _cmd_dead_letters)
@@ -289,7 +272,7 @@ def register(sub: argparse._SubParsersAction, runtime: RuntimeGetter) -> None:  
     _by(p)
     bind(p, _cmd_dead_letters_replay)
     p = dl_sub.add_parser("purge", help="remove dead letters received before a date")
-    p.add_argument("--before", required=True, type=_moment, help="ISO 8601 date or time (UTC if no offset)")
+    p.add_argument("--before", required=True, type=timestamp, help="ISO 8601 date or time (UTC if no offset)")
     p.add_argument("--dry-run", action="store_true", help="say how many would go, change nothing")
     _by(p)
     bind(p, _cmd_dead_letters_purge)

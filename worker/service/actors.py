@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -249,7 +249,7 @@ class Actors:
     def __init__(self, broker: RedisBroker, context: Context) -> None:
         """Declare the actors on ``broker``; each runs with ``context`` (the process's runtime)."""
         self.broker = broker
-        settings = context.settings
+        settings = self._settings = context.settings
         rt = context
 
         def ingest_event_actor(*args: Any, **kwargs: Any) -> None:
@@ -299,34 +299,23 @@ class Actors:
             throws=(RedisUnavailable,),
             time_limit=_WAITS_OUT_OUTAGES_MS,
         )(dead_letter_entry_actor)
-        self.deliver = dramatiq.actor(
-            broker=broker,
-            actor_name="deliver_reminder",
-            queue_name=DELIVERIES_QUEUE,
-            max_retries=settings.delivery_max_retries,
-            min_backoff=settings.delivery_min_backoff_ms,
-            max_backoff=settings.delivery_max_backoff_ms,
-            throws=(PermanentError,),
-        )(deliver_reminder_actor)
-        self.deliver_batch = dramatiq.actor(
-            broker=broker,
-            actor_name="deliver_batch",
-            queue_name=DELIVERIES_QUEUE,
-            max_retries=settings.delivery_max_retries,
-            min_backoff=settings.delivery_min_backoff_ms,
-            max_backoff=settings.delivery_max_backoff_ms,
-            throws=(PermanentError,),
-        )(deliver_batch_actor)
-        self.deliver_digest = dramatiq.actor(
-            broker=broker,
-            actor_name="deliver_digest",
-            queue_name=DELIVERIES_QUEUE,
-            max_retries=settings.delivery_max_retries,
-            min_backoff=settings.delivery_min_backoff_ms,
-            max_backoff=settings.delivery_max_backoff_ms,
-            throws=(PermanentError,),
-        )(deliver_digest_actor)
+        self.deliver = self._delivery_actor("deliver_reminder", deliver_reminder_actor)
+        self.deliver_batch = self._delivery_actor("deliver_batch", deliver_batch_actor)
+        self.deliver_digest = self._delivery_actor("deliver_digest", deliver_digest_actor)
         self.delivery_batch_size = settings.delivery_batch_size
+
+    def _delivery_actor(self, name: str, fn: Callable[..., Awaitable[None]]) -> dramatiq.Actor[Any, Any]:
+        """A send: on the deliveries queue, retried with the DELIVERY_* backoff, a permanent error never."""
+        settings = self._settings
+        return dramatiq.actor(
+            broker=self.broker,
+            actor_name=name,
+            queue_name=DELIVERIES_QUEUE,
+            max_retries=settings.delivery_max_retries,
+            min_backoff=settings.delivery_min_backoff_ms,
+            max_backoff=settings.delivery_max_backoff_ms,
+            throws=(PermanentError,),
+        )(fn)
 
     def enqueue_deliveries(self, items: list[DueItem]) -> None:
         """One message per ``DELIVERY_BATCH_SIZE`` due reminders: dramatiq's cost per message and the
