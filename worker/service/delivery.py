@@ -143,6 +143,8 @@ async def deliver_many(
         done = await asyncio.gather(*(a for _, a in attempts), return_exceptions=True) if attempts else []
     finally:
         keeper.cancel()
+        with contextlib.suppress(Exception):  # what a background write could not write, flush writes
+            await checks.idle()
         # Even when cancelled half-way (a worker stopping), or with Redis away for a while: what the
         # server accepted is recorded before the message is acknowledged.
         await recorder.flush(wait_s=rt.settings.outcome_write_wait_s)
@@ -190,7 +192,9 @@ class _Checks:
         self._recorder = recorder
         self._asked: list[tuple[tuple[str, str, str], list[str], asyncio.Future[tuple[list[bool], RenewalView]]]] = []
         self._running = False
+        self._write_wanted = False
         self._drainer: asyncio.Future[None] | None = None
+        recorder.on_pending = self.kick
 
     async def read(
         self, partner_id: str, renewal_id: str, client_id: str, emails: list[str]
@@ -198,15 +202,28 @@ class _Checks:
         """The renewal's state now, and whether each of ``emails`` is suppressed."""
         future: asyncio.Future[tuple[list[bool], RenewalView]] = asyncio.get_running_loop().create_future()
         self._asked.append(((partner_id, renewal_id, client_id), emails, future))
+        self._start()
+        return await future
+
+    def kick(self) -> None:
+        """Write what the recorder holds now, in the background (a read in flight or next carries it)."""
+        self._write_wanted = True
+        self._start()
+
+    async def idle(self) -> None:
+        """Wait until no read or write of this batch is under way."""
+        if self._drainer is not None and not self._drainer.done():
+            await asyncio.shield(self._drainer)
+
+    def _start(self) -> None:
         if not self._running:
             self._running = True
             self._drainer = asyncio.ensure_future(self._drain())
-        return await future
 
     async def _drain(self) -> None:
         try:
-            while self._asked:
-                asked, self._asked = self._asked, []
+            while self._asked or self._write_wanted:
+                asked, self._asked, self._write_wanted = self._asked, [], False
                 try:
                     results = await self._read(asked)
                 except BaseException as exc:

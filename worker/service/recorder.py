@@ -56,6 +56,7 @@ class Recorder:
         self._release: list[str | bytes] = []
         self._history: list[HistoryEntry] = []
         self.waiting = 0
+        self.on_pending: Callable[[], None] | None = None
         # For the history: the delivery's try (1 for the first) and each reminder's client.
         self.attempt = attempt
         self.clients: dict[ReminderRef, str] = {}
@@ -84,7 +85,10 @@ class Recorder:
         """A message the server accepted: written now, unless a pre-send read is about to carry it."""
         self.add(item, suppress=suppress)
         if self.waiting == 0:
-            self.write_now()
+            if self.on_pending is not None:
+                self.on_pending()  # written in the background, before any other transaction starts
+            else:
+                self.write_now()
 
     def take(self) -> Pending:
         """What is pending now, to be written by ``queue`` (in any thread) and then dropped by ``done``."""
