@@ -165,3 +165,15 @@ def test_every_page_shows_its_subject(page: Any, gallery_url: str) -> None:
         page.goto(gallery_url + href, wait_until="domcontentloaded")
         assert page.locator("h1.subject").inner_text() == subject, href
         assert page.title() == subject
+
+
+def test_the_email_itself_fits_a_phone_width(page: Any, gallery_url: str) -> None:
+    for slug in ("typical_first-notice_client", "typical_final-notice_partner"):
+        page.goto(f"{gallery_url}{slug}/de.html")
+        frame = page.locator(".frame-phone iframe")
+        frame_width = frame.bounding_box()["width"]
+        card = page.frame_locator(".frame-phone iframe").locator("td.card").first
+        box = card.bounding_box()
+        assert box["x"] + box["width"] <= frame.bounding_box()["x"] + frame_width, (
+            f"{slug}: the email is wider than 375 px"
+        )
