@@ -434,3 +434,38 @@ def test_an_address_that_could_inject_smtp_never_takes_the_fast_path(closed_port
 
     with pytest.raises(ValueError):
         send_one(settings, recipients=[address])
+
+
+@pytest.mark.integration
+def test_a_check_that_fails_or_says_no_before_mail_from_keeps_the_connection_and_sends_nothing(
+    smtp_server: SmtpServer,
+) -> None:
+    from worker.mail.transport import Envelope
+
+    class RedisAway(Exception):
+        pass
+
+    async def fail() -> Envelope | None:
+        raise RedisAway("the pre-send read failed")
+
+    async def say_no() -> Envelope | None:
+        return None
+
+    async def say_yes() -> Envelope | None:
+        return Envelope(SENDER, [TO], make_message())
+
+    async def scenario(pool: SmtpPool) -> list[object]:
+        accepted: list[SendResult] = []
+        await pool.send(sender=SENDER, recipients=[TO], message=make_message("<warm@example.com>"))
+        with pytest.raises(RedisAway):
+            await pool.send_checked(fail, accepted=accepted.append)
+        skipped = await pool.send_checked(say_no, accepted=accepted.append)
+        sent = await pool.send_checked(say_yes, accepted=accepted.append)
+        return [skipped, sent, accepted]
+
+    skipped, sent, accepted = with_pool(smtp_server.make_settings(smtp_pool_size=1), scenario)
+
+    assert skipped is None
+    assert isinstance(sent, SendResult) and accepted == [sent]
+    assert len(smtp_server.messages) == 2
+    assert smtp_server.connections == 1  # the failed check did not cost the connection

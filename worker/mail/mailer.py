@@ -35,6 +35,14 @@ def build_mailer(settings: Settings) -> Mailer:
     return OutboxMailer(settings.outbox_dir)
 
 
+class _BeforeTransaction(Exception):
+    """What ``prepare`` (or the envelope it returned) raised: nothing was said on the connection."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Slot:
     """One place in the pool; its connection is made on first use and replaced when it breaks."""
 
@@ -113,6 +121,9 @@ class SmtpPool:
             if result is not None and accepted is not None:
                 accepted(result)
             return result
+        except _BeforeTransaction as exc:
+            # The check or the message failed before MAIL FROM: the connection is as good as it was.
+            raise exc.error from None
         except RenewalsError:
             raise
         except BaseException:
@@ -149,10 +160,14 @@ class SmtpPool:
         if smtp is None or not smtp.is_connected:
             slot.discard()
             smtp = await self._connect(slot)
-        envelope = await prepare()
+        try:
+            envelope = await prepare()
+            if envelope is not None:
+                check_envelope(envelope.sender, envelope.recipients)
+        except Exception as exc:
+            raise _BeforeTransaction(exc) from exc
         if envelope is None:
             return None
-        check_envelope(envelope.sender, envelope.recipients)
         return await _transaction(smtp, self._where, envelope.sender, envelope.recipients, envelope.message)
 
     async def _connect(self, slot: _Slot) -> SMTP:
