@@ -13,6 +13,7 @@ import jinja2
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from ..domain.decision import Send
 from ..domain.errors import TemplateError
 from ..domain.events import ClientData, Contacts, PartnerData, Person, RenewalData
 from .locales import (
@@ -99,6 +100,20 @@ class Renderer:
 
     def template_names(self) -> frozenset[str]:
         return self._names
+
+    def render_send(self, send: Send, *, locale: str | None = None) -> RenderedEmail:
+        """Render the reminder a send-time decision chose, in its locale unless ``locale`` is given."""
+        return self.render(
+            send.template,
+            audience=send.audience,
+            locale=send.locale if locale is None else locale,
+            renewal=send.renewal,
+            client=send.client,
+            partner=send.partner,
+            partner_user=send.partner_user,
+            deadline=send.deadline,
+            today=send.local_today,
+        )
 
     def render(
         self,

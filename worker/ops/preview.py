@@ -70,17 +70,7 @@ class PreviewPage:
 
 def reminder_render(send: Send) -> RenderFn:
     def render(renderer: Renderer, locale: str) -> RenderedEmail:
-        return renderer.render(
-            send.template,
-            audience=send.audience,
-            locale=locale,
-            renewal=send.renewal,
-            client=send.client,
-            partner=send.partner,
-            partner_user=send.partner_user,
-            deadline=send.deadline,
-            today=send.local_today,
-        )
+        return renderer.render_send(send, locale=locale)
 
     return render
 

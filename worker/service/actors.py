@@ -270,26 +270,8 @@ class Actors:
         async def deliver_digest_actor(partner_id: str, period_id: str) -> None:
             await deliver_digest_message(rt, partner_id, period_id)
 
-        self.ingest = dramatiq.actor(
-            broker=broker,
-            actor_name="ingest_event",
-            queue_name=EVENTS_QUEUE,
-            max_retries=INGEST_MAX_RETRIES,
-            min_backoff=500,
-            max_backoff=300_000,
-            throws=_INGEST_THROWS,
-            time_limit=_WAITS_OUT_OUTAGES_MS,
-        )(ingest_event_actor)
-        self.ingest_batch = dramatiq.actor(
-            broker=broker,
-            actor_name="ingest_batch",
-            queue_name=EVENTS_QUEUE,
-            max_retries=INGEST_MAX_RETRIES,
-            min_backoff=500,
-            max_backoff=300_000,
-            throws=_INGEST_THROWS,
-            time_limit=_WAITS_OUT_OUTAGES_MS,
-        )(ingest_batch_actor)
+        self.ingest = self._ingest_actor("ingest_event", ingest_event_actor)
+        self.ingest_batch = self._ingest_actor("ingest_batch", ingest_batch_actor)
         # Its messages are made by the broker's consumers, on whichever queue the entry was found.
         self.dead_letter_entry = dramatiq.actor(
             broker=broker,
@@ -303,6 +285,19 @@ class Actors:
         self.deliver_batch = self._delivery_actor("deliver_batch", deliver_batch_actor)
         self.deliver_digest = self._delivery_actor("deliver_digest", deliver_digest_actor)
         self.delivery_batch_size = settings.delivery_batch_size
+
+    def _ingest_actor(self, name: str, fn: Callable[..., None]) -> dramatiq.Actor[Any, Any]:
+        """An ingest: on the events queue, waiting out Redis outages with its message unacknowledged."""
+        return dramatiq.actor(
+            broker=self.broker,
+            actor_name=name,
+            queue_name=EVENTS_QUEUE,
+            max_retries=INGEST_MAX_RETRIES,
+            min_backoff=500,
+            max_backoff=300_000,
+            throws=_INGEST_THROWS,
+            time_limit=_WAITS_OUT_OUTAGES_MS,
+        )(fn)
 
     def _delivery_actor(self, name: str, fn: Callable[..., Awaitable[None]]) -> dramatiq.Actor[Any, Any]:
         """A send: on the deliveries queue, retried with the DELIVERY_* backoff, a permanent error never."""

@@ -444,17 +444,7 @@ class _Send:
             )
             self._finish(recorder, outcome)
             return self._stop(recorder, "suppressed")
-        rendered = rt.renderer.render(
-            send.template,
-            audience=send.audience,
-            locale=send.locale,
-            renewal=send.renewal,
-            client=send.client,
-            partner=send.partner,
-            partner_user=send.partner_user,
-            deadline=send.deadline,
-            today=send.local_today,
-        )
+        rendered = rt.renderer.render_send(send)
         data = build_message(
             rendered,
             mail_from=rt.settings.mail_from,
