@@ -158,7 +158,7 @@ def test_each_partner_user_gets_one_digest_with_the_right_rows_and_no_client_con
     assert anna["Subject"] == "3 renewal decisions, the first by December 20"
     assert anna["To"] == f"Anna Reed <{ANNA}>"
     assert anna["Cc"] is None
-    assert anna["X-Renewal-Reminder"] == "p1/digest/2026-W50"
+    assert anna["X-Renewal-Reminder"] == f"p1/digest/2026-W50/{ANNA}"
     assert anna["Content-Language"] == "en"
     text = text_of(anna)
     # Sorted by deadline; the partner-owned one says so; money per currency.
@@ -211,8 +211,8 @@ def test_after_downtime_one_late_digest_goes_out_for_the_current_period_only(pip
     wait_for(lambda: len(p.server.messages) == 4)
     p.drain()
     tags = sorted(parsed["X-Renewal-Reminder"] for _, parsed in p.messages())
-    assert tags == ["p1/digest/2026-W50"] * 2 + ["p1/digest/2026-W53"] * 2
-    late = [parsed for _, parsed in p.messages() if parsed["X-Renewal-Reminder"].endswith("W53")]
+    assert tags == [f"p1/digest/{week}/{user}" for week in ("2026-W50", "2026-W53") for user in (ANNA, JONAS)]
+    late = [parsed for _, parsed in p.messages() if "/2026-W53/" in parsed["X-Renewal-Reminder"]]
     assert {m["Date"].datetime for m in late} == {datetime(2026, 12, 30, 10, 0, tzinfo=UTC)}
     for period in ("digest/2026-W51", "digest/2026-W52"):
         assert p.outcome(ANNA, period) is None

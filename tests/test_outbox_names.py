@@ -70,3 +70,17 @@ def test_ids_with_underscores_or_unsafe_characters_never_share_a_file_or_leave_t
     assert len(names) == 3
     assert all(name.startswith("20261230T1400Z_") and name.endswith(".eml") and "/" not in name for name in names)
     assert list(tmp_path.iterdir()) == [outbox]
+
+
+def test_two_users_digests_of_one_partner_and_week_get_a_file_each(tmp_path: Path) -> None:
+    sent_at = datetime(2026, 12, 21, 8, 0, tzinfo=UTC)
+    _send(
+        tmp_path,
+        _message("northwind/digest/2026-W52/anna@northwind.agency", sent_at, body="Anna's digest\n"),
+        _message("northwind/digest/2026-W52/jonas@northwind.agency", sent_at, body="Jonas's digest\n"),
+    )
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "20261221T0800Z_northwind_digest_2026-W52_anna@northwind.agency.eml",
+        "20261221T0800Z_northwind_digest_2026-W52_jonas@northwind.agency.eml",
+    ]

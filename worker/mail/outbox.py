@@ -70,10 +70,13 @@ def _safe(text: str, limit: int) -> str:
 
 
 def _reminder_name(tag: str, date_header: object) -> tuple[str, str] | None:
-    """``<stamp>_<partner>_<renewal>_<reminder>.eml`` and the part after the stamp, or None without a tag."""
+    """``<stamp>_<partner>_<renewal>_<reminder>.eml`` and the part after the stamp, or None without a tag.
+
+    A digest's tag has a fourth part, its user (``northwind/digest/2026-W52/anna@…``): one file each.
+    """
     parts = tag.split("/")
     moment = getattr(date_header, "datetime", None)
-    if len(parts) != 3 or not all(parts) or not isinstance(moment, datetime) or moment.tzinfo is None:
+    if len(parts) not in (3, 4) or not all(parts) or not isinstance(moment, datetime) or moment.tzinfo is None:
         return None
     # An underscore inside an id is escaped, so "a_b"/"c" and "a"/"b_c" cannot share a name.
     suffix = "_".join(_safe(part.replace("_", "=5F"), 60) for part in parts) + ".eml"

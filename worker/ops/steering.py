@@ -55,7 +55,7 @@ def _record(rt: Runtime, command: str, by: str, **fields: Any) -> None:
 
 
 def _cmd_suppressions_list(args: argparse.Namespace, runtime: RuntimeGetter) -> int:
-    rt = runtime()
+    rt = _steering_runtime(runtime)
     items = rt.ledger.suppressions.all()
     if args.json:
         for s in items:

@@ -241,7 +241,8 @@ async def _send_one(
             cc=[],
             reply_to=None,
             message_id=message_id,
-            reminder_tag=f"{partner_id}/{period_id}",
+            # One digest per user and period: the tag names the user, so it names one message.
+            reminder_tag=f"{partner_id}/{period_id}/{recipient.person.email}",
             sent_at=now,
         )
         result = await rt.mailer.send(
