@@ -93,13 +93,6 @@ def _inspection_runtime() -> Runtime:
     return rt
 
 
-def _steering_runtime() -> Runtime:
-    """The runtime for steering, which refuses the embedded default itself (so no note about it first)."""
-    from ..service.runtime import get_runtime
-
-    return get_runtime()
-
-
 def _cmd_show_client(args: argparse.Namespace) -> int:
     from .inspect import describe_client
     from .rules_view import rules_for_views
@@ -481,7 +474,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write to this file instead of standard output")
     p.set_defaults(handler=_cmd_schema)
     history.register(sub, _inspection_runtime)
-    steering.register(sub, _steering_runtime)
+    steering.register(sub, _inspection_runtime)
     _describe(parser)
     return parser
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..config.settings import load_settings
 from ..domain.errors import ConfigError, InvalidEvent
 from ..state.history import History, HistoryEntry
 from ..state.steering import cancel_reminder, dead_letter_rows, remove_dead_letters, retry_failed
@@ -36,14 +37,16 @@ def _user() -> str:
 
 
 def _steering_runtime(runtime: RuntimeGetter) -> Runtime:
-    """Steering changes a deployment's Redis: without REDIS_URL there is nothing to change."""
-    rt = runtime()
-    if rt.settings.embedded:
+    """Steering changes a deployment's Redis: without REDIS_URL there is nothing to change.
+
+    Checked on the settings before the runtime is built, so the refusal is the only thing said.
+    """
+    if load_settings().embedded:
         raise ConfigError(
             "REDIS_URL is not set: there is no running service to steer (the embedded default lives only "
             "inside `renewals demo` and `renewals simulate`)"
         )
-    return rt
+    return runtime()
 
 
 def _record(rt: Runtime, command: str, by: str, **fields: Any) -> None:
