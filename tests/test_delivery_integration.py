@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -90,17 +91,26 @@ def seed(rt: Runtime, **client_over) -> None:
     )
 
 
-@pytest.fixture
-def pipeline(smtp_server, redis_url) -> Iterator[tuple[Runtime, VirtualClock, object]]:
+@contextmanager
+def running_pipeline(server, redis_url: str, **overrides) -> Iterator[tuple[Runtime, VirtualClock, object]]:
+    """A runtime on a virtual clock with an in-process dramatiq worker (2 threads) sending to ``server``."""
     clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
-    rt = make_runtime(smtp_server, redis_url, clock)
+    rt = make_runtime(server, redis_url, clock, **overrides)
     set_runtime(rt)
     worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=50)
     worker.start()
-    yield rt, clock, smtp_server
-    worker.stop()
-    set_runtime(None)
-    rt.close()
+    try:
+        yield rt, clock, server
+    finally:
+        worker.stop()
+        set_runtime(None)
+        rt.close()
+
+
+@pytest.fixture
+def pipeline(smtp_server, redis_url) -> Iterator[tuple[Runtime, VirtualClock, object]]:
+    with running_pipeline(smtp_server, redis_url) as running:
+        yield running
 
 
 def fire_due(rt: Runtime, clock: VirtualClock, moment: datetime) -> int:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
 from factories import client_updated, owner_changed, partner_updated, person, renewal_updated
+from test_cli import run_cli
 
 from worker.config.settings import load_settings
 from worker.domain.events import parse_event
@@ -22,17 +20,6 @@ from worker.ops.simulate import simulate
 from worker.service.runtime import build_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.ops.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
 
 
 def test_requiring_action_has_help(capsys):

@@ -8,16 +8,15 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import dramatiq
 import pytest
 from factories import person
-from test_delivery_integration import FIRST_DUE, fire_due, make_runtime, outcome, seed, wait_for
+from test_delivery_integration import FIRST_DUE, fire_due, make_runtime, outcome, running_pipeline, seed, wait_for
 
 from worker.domain.errors import TransientError
 from worker.ops.inspect import describe_client, describe_plan
 from worker.service.clock import VirtualClock
 from worker.service.delivery import deliver
-from worker.service.runtime import Runtime, set_runtime
+from worker.service.runtime import Runtime
 from worker.state.history import History, HistoryEntry, HistoryFilter
 
 pytestmark = pytest.mark.integration
@@ -25,15 +24,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def live(smtp_server, redis_url) -> Iterator[tuple[Runtime, VirtualClock, object]]:
-    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
-    rt = make_runtime(smtp_server, redis_url, clock)
-    set_runtime(rt)
-    worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    yield rt, clock, smtp_server
-    worker.stop()
-    set_runtime(None)
-    rt.close()
+    with running_pipeline(smtp_server, redis_url) as running:
+        yield running
 
 
 def history(rt: Runtime, **query: str) -> list[HistoryEntry]:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
-import dramatiq
 import pytest
 from factories import client_updated, owner_changed, partner_updated, person, renewal_updated, services_ended
-from test_delivery_integration import FIRST_DUE, fire_due, ingest, make_runtime, wait_for
+from test_delivery_integration import FIRST_DUE, fire_due, ingest, running_pipeline, wait_for
 
 from worker.domain.events import parse_event
 from worker.service.clock import VirtualClock
-from worker.service.runtime import Runtime, set_runtime
+from worker.service.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +21,8 @@ RENDER_GRACE_S = 0.05
 
 @pytest.fixture
 def slow_pipeline(smtp_server, redis_url) -> Iterator[tuple[Runtime, VirtualClock, object]]:
-    clock = VirtualClock(datetime(2026, 12, 1, tzinfo=UTC))
-    rt = make_runtime(smtp_server, redis_url, clock, smtp_pool_size=2, delivery_batch_size=20)
-    set_runtime(rt)
-    worker = dramatiq.Worker(rt.broker, worker_threads=2, worker_timeout=50)
-    worker.start()
-    yield rt, clock, smtp_server
-    worker.stop()
-    set_runtime(None)
-    rt.close()
+    with running_pipeline(smtp_server, redis_url, smtp_pool_size=2, delivery_batch_size=20) as running:
+        yield running
 
 
 def seed_clients(rt: Runtime, renewals_per_client: dict[str, int]) -> None:
