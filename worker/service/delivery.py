@@ -23,6 +23,8 @@ from ..mail.transport import Envelope, SendResult
 from ..state.history import HistoryEntry
 from ..state.ledger import Outcome, ReminderRef, due_member
 from ..state.planning import RenewalView
+from ..state.scripts import run_pipeline
+from ..state.send_check import SendCheck
 from ..state.suppressions import Suppression
 from .context import Context
 from .recorder import Recorder, keep_leases_alive, wait_for_redis
@@ -84,7 +86,7 @@ async def deliver_many(
     views = rt.planning.views([(pid, rid) for pid, rid, _ in refs])
     results: list[str | Exception] = [""] * len(refs)
     recorder = Recorder(rt.ledger, attempt=attempt, outage=rt.redis_outage)
-    sends: list[tuple[int, Send, str, bool]] = []
+    sends: list[tuple[int, Send, RenewalView, bool]] = []
     replan: list[tuple[str, str]] = []
     for i, (ref, view) in enumerate(zip(refs, views, strict=True)):
         partner_id, renewal_id, reminder_id = ref
@@ -108,7 +110,7 @@ async def deliver_many(
             recorder.add((ref, Outcome("skipped", now, reason=decision.reason), "", plan_next))
             results[i] = f"skipped:{decision.reason}"
         else:
-            sends.append((i, decision, decision.client.client_id, plan_next))
+            sends.append((i, decision, view, plan_next))
     if replan:
         recorder.write_now()  # out of the claimed set before re-planning
         for partner_id, renewal_id in replan:
@@ -123,7 +125,7 @@ async def deliver_many(
     leases: dict[ReminderRef, str] = {}
     checks = _Checks(rt, recorder)
     attempts = []
-    for (i, send, client_id, plan_next), (claim, token, _) in zip(sends, claims, strict=True):
+    for (i, send, view, plan_next), (claim, token, _) in zip(sends, claims, strict=True):
         ref = refs[i]
         if claim == "final":
             recorder.add(release=[due_member(*ref)])
@@ -133,7 +135,7 @@ async def deliver_many(
             results[i] = LeaseBusy(f"{ref[1]}/{ref[2]} is being sent by another worker")
         else:
             leases[ref] = token
-            job = _Send(rt, ref, token, client_id, send, rules=rules, plan_next=plan_next, last_try=last_try)
+            job = _Send(rt, ref, token, view, send, rules=rules, plan_next=plan_next, last_try=last_try)
             attempts.append((i, job.run(recorder, checks, leases)))
     recorder.waiting = len(attempts)
     keeper = asyncio.ensure_future(
@@ -179,29 +181,35 @@ def _decide(
     )
 
 
-class _Checks:
-    """The pre-send reads of one batch: those that start together go to Redis in one pipeline.
+_Asked = tuple[RenewalView, str, list[str], "asyncio.Future[tuple[list[bool], RenewalView | None]]"]
 
-    The pipeline runs in a thread, so the event loop goes on with the other sends meanwhile, and it
-    carries the outcomes waiting to be written (see ``Recorder``). While one is in flight, the
-    reads asked for meanwhile gather for the next.
+
+class _Checks:
+    """The pre-send checks of one batch: those asked for together go to Redis in one pipeline.
+
+    Each compares, in Redis, the records its reminder was decided from with what the batch read
+    (``SendCheck``); only a renewal that changed is read and decoded again. The pipeline carries
+    the outcomes waiting to be written (see ``Recorder``). It runs on the event loop's thread: a
+    round trip to Redis costs less than handing it to another thread and back.
     """
 
     def __init__(self, rt: Context, recorder: Recorder) -> None:
         self._rt = rt
         self._recorder = recorder
-        self._asked: list[tuple[tuple[str, str, str], list[str], asyncio.Future[tuple[list[bool], RenewalView]]]] = []
+        self._check = SendCheck(rt.ledger.redis, rt.ledger.keys)
+        self._asked: list[_Asked] = []
         self._running = False
         self._write_wanted = False
         self._drainer: asyncio.Future[None] | None = None
         recorder.on_pending = self.kick
 
     async def read(
-        self, partner_id: str, renewal_id: str, client_id: str, emails: list[str]
-    ) -> tuple[list[bool], RenewalView]:
-        """The renewal's state now, and whether each of ``emails`` is suppressed."""
-        future: asyncio.Future[tuple[list[bool], RenewalView]] = asyncio.get_running_loop().create_future()
-        self._asked.append(((partner_id, renewal_id, client_id), emails, future))
+        self, view: RenewalView, reminder_id: str, emails: list[str]
+    ) -> tuple[list[bool], RenewalView | None]:
+        """The renewal's view now (``view`` itself when nothing it was made from changed; None when
+        the reminder is final already), and whether each of ``emails`` is suppressed."""
+        future: asyncio.Future[tuple[list[bool], RenewalView | None]] = asyncio.get_running_loop().create_future()
+        self._asked.append((view, reminder_id, emails, future))
         self._start()
         return await future
 
@@ -221,43 +229,52 @@ class _Checks:
             self._drainer = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
+        # Runs as a task: the checks asked for in the same turn of the event loop share a pipeline.
         try:
             while self._asked or self._write_wanted:
                 asked, self._asked, self._write_wanted = self._asked, [], False
                 try:
-                    results = await self._read(asked)
-                except BaseException as exc:
-                    for _, _, future in asked:
+                    results = self._read(asked)
+                except Exception as exc:
+                    for *_, future in asked:
                         if not future.done():
                             future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
                     continue
-                for (_, _, future), result in zip(asked, results, strict=True):
+                for (*_, future), result in zip(asked, results, strict=True):
                     if not future.done():
                         future.set_result(result)
+                await asyncio.sleep(0)  # let the sends just answered start their transactions
         finally:
             self._running = False
 
-    async def _read(
-        self, asked: list[tuple[tuple[str, str, str], list[str], asyncio.Future[tuple[list[bool], RenewalView]]]]
-    ) -> list[tuple[list[bool], RenewalView]]:
-        rt, recorder = self._rt, self._recorder
+    def _read(self, asked: list[_Asked]) -> list[tuple[list[bool], RenewalView | None]]:
+        rt, recorder, check = self._rt, self._recorder, self._check
         pending = recorder.take()
-        suppressed_key = rt.ledger.keys.suppressed()
 
-        def before(pipe: redis.client.Pipeline) -> int:
-            count = recorder.queue(pipe, pending)
-            for _, emails, _ in asked:
-                pipe.smismember(suppressed_key, [e.casefold() for e in emails])
-            return count + len(asked)
+        def build(pipe: redis.client.Pipeline) -> None:
+            recorder.queue(pipe, pending)
+            for view, reminder_id, emails, _ in asked:
+                check.queue(pipe, view, reminder_id, emails)
 
-        head, views = await asyncio.to_thread(
-            rt.planning.recheck, [request for request, _, _ in asked], before=before, scripts=[rt.ledger.finish_script]
-        )
+        replies = run_pipeline(rt.ledger.redis, build, [rt.ledger.finish_script, check.script])
         recorder.done(pending)
-        flags = [[bool(v) for v in reply] for reply in head[len(head) - len(asked) :]]
-        return list(zip(flags, views, strict=True))
+        checked = [SendCheck.parse(reply) for reply in replies[len(replies) - len(asked) :]]
+        out: list[tuple[list[bool], RenewalView | None]] = []
+        changed = []
+        for n, ((view, _, _, _), result) in enumerate(zip(asked, checked, strict=True)):
+            if result.status == "changed":
+                changed.append(n)
+            out.append((result.suppressed, None if result.status == "final" else view))
+        if changed:
+            requests = []
+            for n in changed:
+                view = asked[n][0]
+                renewal = view.renewal.renewal
+                requests.append((view.partner_id, view.renewal_id, renewal.client_id if renewal else ""))
+            _, views = rt.planning.recheck(requests)
+            for n, fresh in zip(changed, views, strict=True):
+                out[n] = (out[n][0], fresh)
+        return out
 
 
 @dataclass(frozen=True)
@@ -278,14 +295,15 @@ class _Send:
         rt: Context,
         ref: ReminderRef,
         token: str,
-        client_id: str,
+        view: RenewalView,
         send: Send,
         *,
         rules: RuleSet,
         plan_next: bool,
         last_try: bool,
     ) -> None:
-        self.rt, self.ref, self.token, self.client_id, self.send = rt, ref, token, client_id, send
+        self.rt, self.ref, self.token, self.view, self.send = rt, ref, token, view, send
+        self.client_id = send.client.client_id
         self.rules, self.plan_next, self.last_try = rules, plan_next, last_try
         self.config_error: ConfigError | None = None
         try:
@@ -403,9 +421,9 @@ class _Send:
         rt, (partner_id, renewal_id, reminder_id) = self.rt, self.ref
         emails = [r.person.email for r in self.send.routing.to + self.send.routing.cc]
 
-        flags, view = await checks.read(partner_id, renewal_id, self.client_id, emails)
+        flags, view = await checks.read(self.view, reminder_id, emails)
         now = rt.clock.now()
-        if reminder_id in view.outcomes:
+        if view is None or reminder_id in view.outcomes:
             return self._stop(recorder, "already_final", release=True)
         plan = view.plan(self.rules, now)
         decision = _decide(rt, view, reminder_id, plan, self.rules, now)
