@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -123,7 +124,8 @@ async def deliver_many(
         [(refs[i], []) for i, _, _, _ in sends], hold_claims_until_ms=_epoch_ms(rt.clock.now()) + lease_ms
     )
     leases: dict[ReminderRef, str] = {}
-    checks = _Checks(rt, recorder)
+    checks = _checks_for(rt)
+    recorder.on_pending = functools.partial(checks.kick, recorder)
     attempts = []
     for (i, send, view, plan_next), (claim, token, _) in zip(sends, claims, strict=True):
         ref = refs[i]
@@ -145,8 +147,6 @@ async def deliver_many(
         done = await asyncio.gather(*(a for _, a in attempts), return_exceptions=True) if attempts else []
     finally:
         keeper.cancel()
-        with contextlib.suppress(Exception):  # what a background write could not write, flush writes
-            await checks.idle()
         # Even when cancelled half-way (a worker stopping), or with Redis away for a while: what the
         # server accepted is recorded before the message is acknowledged.
         await recorder.flush(wait_s=rt.settings.outcome_write_wait_s)
@@ -181,47 +181,52 @@ def _decide(
     )
 
 
-_Asked = tuple[RenewalView, str, list[str], "asyncio.Future[tuple[list[bool], RenewalView | None]]"]
+_Asked = tuple[Recorder, RenewalView, str, list[str], "asyncio.Future[tuple[list[bool], RenewalView | None]]"]
+# One set of checks per event loop and runtime: all the batches a worker process runs at once share
+# their pipelines (a process's SMTP connections are shared by its batches too).
+_LOOP_CHECKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Checks]] = weakref.WeakKeyDictionary()
+
+
+def _checks_for(rt: Context) -> _Checks:
+    per_runtime = _LOOP_CHECKS.setdefault(asyncio.get_running_loop(), {})
+    checks = per_runtime.get(id(rt))
+    if checks is None:
+        checks = per_runtime[id(rt)] = _Checks(rt)
+    return checks
 
 
 class _Checks:
-    """The pre-send checks of one batch: those asked for together go to Redis in one pipeline.
+    """The pre-send checks of the batches running on one event loop: those asked for together go to
+    Redis in one pipeline, with the outcomes waiting to be written (see ``Recorder``).
 
-    Each compares, in Redis, the records its reminder was decided from with what the batch read
-    (``SendCheck``); only a renewal that changed is read and decoded again. The pipeline carries
-    the outcomes waiting to be written (see ``Recorder``). It runs on the event loop's thread: a
-    round trip to Redis costs less than handing it to another thread and back.
+    Each compares, in Redis, the records its reminder was decided from with what its batch read
+    (``SendCheck``); only a renewal that changed is read and decoded again. The pipeline runs on the
+    event loop's thread, start to end without yielding: a round trip to Redis costs less than
+    handing it to another thread and back, and no batch ever finds a write half done.
     """
 
-    def __init__(self, rt: Context, recorder: Recorder) -> None:
+    def __init__(self, rt: Context) -> None:
         self._rt = rt
-        self._recorder = recorder
         self._check = SendCheck(rt.ledger.redis, rt.ledger.keys)
         self._asked: list[_Asked] = []
+        self._kicked: dict[Recorder, None] = {}
         self._running = False
-        self._write_wanted = False
         self._drainer: asyncio.Future[None] | None = None
-        recorder.on_pending = self.kick
 
     async def read(
-        self, view: RenewalView, reminder_id: str, emails: list[str]
+        self, recorder: Recorder, view: RenewalView, reminder_id: str, emails: list[str]
     ) -> tuple[list[bool], RenewalView | None]:
         """The renewal's view now (``view`` itself when nothing it was made from changed; None when
         the reminder is final already), and whether each of ``emails`` is suppressed."""
         future: asyncio.Future[tuple[list[bool], RenewalView | None]] = asyncio.get_running_loop().create_future()
-        self._asked.append((view, reminder_id, emails, future))
+        self._asked.append((recorder, view, reminder_id, emails, future))
         self._start()
         return await future
 
-    def kick(self) -> None:
-        """Write what the recorder holds now, in the background (a read in flight or next carries it)."""
-        self._write_wanted = True
+    def kick(self, recorder: Recorder) -> None:
+        """Write what ``recorder`` holds soon, in the background (with the next checks, if any)."""
+        self._kicked[recorder] = None
         self._start()
-
-    async def idle(self) -> None:
-        """Wait until no read or write of this batch is under way."""
-        if self._drainer is not None and not self._drainer.done():
-            await asyncio.shield(self._drainer)
 
     def _start(self) -> None:
         if not self._running:
@@ -231,11 +236,13 @@ class _Checks:
     async def _drain(self) -> None:
         # Runs as a task: the checks asked for in the same turn of the event loop share a pipeline.
         try:
-            while self._asked or self._write_wanted:
-                asked, self._asked, self._write_wanted = self._asked, [], False
+            while self._asked or self._kicked:
+                asked, self._asked = self._asked, []
+                recorders = list(self._kicked) + [a[0] for a in asked]
+                self._kicked = {}
                 try:
-                    results = self._read(asked)
-                except Exception as exc:
+                    results = self._read(dict.fromkeys(recorders), asked)
+                except Exception as exc:  # what the recorders hold stays for their flush
                     for *_, future in asked:
                         if not future.done():
                             future.set_exception(exc)
@@ -247,28 +254,32 @@ class _Checks:
         finally:
             self._running = False
 
-    def _read(self, asked: list[_Asked]) -> list[tuple[list[bool], RenewalView | None]]:
-        rt, recorder, check = self._rt, self._recorder, self._check
-        pending = recorder.take()
+    def _read(
+        self, recorders: dict[Recorder, None], asked: list[_Asked]
+    ) -> list[tuple[list[bool], RenewalView | None]]:
+        rt, check = self._rt, self._check
+        pending = [(recorder, recorder.take()) for recorder in recorders]
 
         def build(pipe: redis.client.Pipeline) -> None:
-            recorder.queue(pipe, pending)
-            for view, reminder_id, emails, _ in asked:
+            for recorder, taken in pending:
+                recorder.queue(pipe, taken)
+            for _, view, reminder_id, emails, _ in asked:
                 check.queue(pipe, view, reminder_id, emails)
 
         replies = run_pipeline(rt.ledger.redis, build, [rt.ledger.finish_script, check.script])
-        recorder.done(pending)
+        for recorder, taken in pending:
+            recorder.done(taken)
         checked = [SendCheck.parse(reply) for reply in replies[len(replies) - len(asked) :]]
         out: list[tuple[list[bool], RenewalView | None]] = []
         changed = []
-        for n, ((view, _, _, _), result) in enumerate(zip(asked, checked, strict=True)):
+        for n, ((_, view, _, _, _), result) in enumerate(zip(asked, checked, strict=True)):
             if result.status == "changed":
                 changed.append(n)
             out.append((result.suppressed, None if result.status == "final" else view))
         if changed:
             requests = []
             for n in changed:
-                view = asked[n][0]
+                view = asked[n][1]
                 renewal = view.renewal.renewal
                 requests.append((view.partner_id, view.renewal_id, renewal.client_id if renewal else ""))
             _, views = rt.planning.recheck(requests)
@@ -421,7 +432,7 @@ class _Send:
         rt, (partner_id, renewal_id, reminder_id) = self.rt, self.ref
         emails = [r.person.email for r in self.send.routing.to + self.send.routing.cc]
 
-        flags, view = await checks.read(self.view, reminder_id, emails)
+        flags, view = await checks.read(recorder, self.view, reminder_id, emails)
         now = rt.clock.now()
         if view is None or reminder_id in view.outcomes:
             return self._stop(recorder, "already_final", release=True)
