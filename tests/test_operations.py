@@ -33,6 +33,8 @@ from worker.service.runtime import build_runtime
 from worker.service.telemetry import InstrumentedMailer, metrics, outcome_of
 from worker.state.alarms import OutcomeCounts, SmtpAlarm
 from worker.state.heartbeat import Heartbeats
+from worker.state.history import HistoryEntry
+from worker.state.ledger import Outcome
 from worker.state.replan_run import ReplanRun
 from worker.state.schedule import epoch_ms
 
@@ -370,3 +372,14 @@ def test_the_due_index_counts_ignore_what_is_not_due(runtime):
     )
     status = gather_status(runtime)
     assert (status.due.overdue, status.due.due_next_hour, status.due.due_next_day, status.due.planned) == (0, 1, 2, 2)
+
+
+def test_outcomes_are_counted_for_status_as_they_are_written_once_each_and_deferrals_with_them(runtime):
+    counts = OutcomeCounts(runtime.redis, runtime.keys)
+    now = runtime.clock.now()
+    assert runtime.ledger.finish("p1", "r1", "first-notice", Outcome("sent", now))
+    assert not runtime.ledger.finish("p1", "r1", "first-notice", Outcome("sent", now))  # already final
+    runtime.ledger.finish("p1", "r2", "first-notice", Outcome("skipped", now, reason="status: won"))
+    runtime.ledger.history.append(HistoryEntry("deferral", now, "deferred", partner="p1", renewal="r3"))
+    assert counts.last_day(now=now) == {"deferred": 1, "sent": 1, "skipped": 1}
+    assert counts.last_day(now=now + timedelta(hours=25)) == {}  # a day's window

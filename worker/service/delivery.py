@@ -335,6 +335,7 @@ class _Send:
         except ConfigError as exc:  # our own settings or templates: retried until fixed, never the reminder's outcome
             self._not_started(recorder)
             self._give_back(keep_claim=True)
+            recorder.add(history=[self._deferral(recorder, exc)])
             return exc
         except ValueError as exc:
             # The data cannot make a valid message (build_message refuses it): no retry can help.

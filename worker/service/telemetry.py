@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..domain.errors import ConfigError, RenewalsError
 from ..mail.transport import Accepted, Mailer, Prepare, SendResult
-from ..state.alarms import OutcomeCounts, SmtpAlarm
+from ..state.alarms import SmtpAlarm
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -131,13 +131,13 @@ def outcome_of(result: str | Exception) -> tuple[str, str]:
 
 
 def record_deliveries(rt: Context, items: Sequence[Sequence[Any]], results: Sequence[str | Exception]) -> None:
-    """One line per reminder in the log, the metrics, and the hourly outcome counts, for a delivery batch.
+    """One line per reminder in the log, and the metrics, for a delivery batch.
 
-    ``items`` are the message's ``[partner_id, renewal_id, reminder_id, due_ms]``.
+    ``items`` are the message's ``[partner_id, renewal_id, reminder_id, due_ms]``. The hourly
+    outcome counts of `status` are kept in Redis by the writes themselves (see ``OutcomeCounts``).
     """
     m = metrics()
     now = rt.clock.now()
-    kinds = []
     for item, result in zip(items, results, strict=True):
         partner_id, renewal_id, reminder_id, due_ms = item
         outcome, reason = outcome_of(result)
@@ -145,8 +145,6 @@ def record_deliveries(rt: Context, items: Sequence[Sequence[Any]], results: Sequ
         due = _due_at(due_ms)
         if outcome == "sent" and due is not None:
             m.lateness.observe(max(0.0, (now - due).total_seconds()))
-        if outcome not in ("already_final", "waiting"):
-            kinds.append(outcome)
         due_text = due.isoformat(timespec="seconds") if due is not None else repr(due_ms)
         if isinstance(result, Exception):
             _log_delivery.warning(
@@ -168,10 +166,6 @@ def record_deliveries(rt: Context, items: Sequence[Sequence[Any]], results: Sequ
                 result,
                 extra={"partner": partner_id, "renewal": renewal_id, "reminder": reminder_id, "outcome": outcome},
             )
-    try:
-        OutcomeCounts(rt.store.redis, rt.store.keys).add(kinds, now=now)
-    except Exception:  # counting for `status` must never fail a delivery that is already recorded
-        _log_delivery.warning("could not count the outcomes of a batch for `renewals status`", exc_info=True)
 
 
 def _due_at(due_ms: object) -> datetime | None:

@@ -9,11 +9,9 @@ from datetime import datetime
 
 import redis
 
-from .keys import Keys
+from .keys import COUNTS_TTL_S, HOUR_S, Keys
 
 __all__ = ["OutcomeCounts", "SmtpAlarm", "SmtpAlarmState"]
-
-_HOUR_S = 3_600
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,11 @@ class SmtpAlarm:
 
 
 class OutcomeCounts:
-    """Delivery outcomes counted by kind in hourly hashes, for "the last 24 hours" without a scan."""
+    """Delivery outcomes counted by kind in hourly hashes, for "the last 24 hours" without a scan.
+
+    The delivery counts as it writes: the ledger's finish script counts each outcome it records,
+    the history each deferral it appends; ``add`` is for the rest.
+    """
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
@@ -69,16 +71,16 @@ class OutcomeCounts:
         counts = Counter(kinds)
         if not counts:
             return
-        key = self.keys.outcome_counts(int(now.timestamp()) // _HOUR_S)
+        key = self.keys.outcome_counts(int(now.timestamp()) // HOUR_S)
         with self.redis.pipeline(transaction=False) as pipe:
             for kind, count in counts.items():
                 pipe.hincrby(key, kind, count)
-            pipe.expire(key, 25 * _HOUR_S)
+            pipe.expire(key, COUNTS_TTL_S)
             pipe.execute()
 
     def last_day(self, *, now: datetime) -> dict[str, int]:
         """Outcomes of the current hour and the 23 before it, by kind."""
-        hour = int(now.timestamp()) // _HOUR_S
+        hour = int(now.timestamp()) // HOUR_S
         with self.redis.pipeline(transaction=False) as pipe:
             for back in range(24):
                 pipe.hgetall(self.keys.outcome_counts(hour - back))

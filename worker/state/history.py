@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 
 import redis
 
-from .keys import Keys
+from .keys import COUNTS_TTL_S, HOUR_S, Keys
 
 __all__ = [
     "ATTEMPTS_TTL_S",
@@ -153,8 +153,8 @@ class History:
         return int(time.time() * 1000) - self.days * 86_400_000
 
     def queue(self, pipe: redis.client.Pipeline, entries: Sequence[HistoryEntry]) -> int:
-        """Add the entries to a pipeline the caller runs anyway (one XADD each, trimming as it goes);
-        returns how many replies that adds."""
+        """Add the entries to a pipeline the caller runs anyway (one XADD each, trimming as it goes,
+        and a deferral counted for `status`); returns how many replies that adds."""
         if not entries:
             return 0
         min_id = self._min_id()
@@ -162,6 +162,11 @@ class History:
         for entry in entries:
             pipe.xadd(self.keys.history(), entry.to_fields(), minid=min_id, approximate=True)  # type: ignore[arg-type]
             count += 1
+            if entry.kind == "deferral":
+                counts = self.keys.outcome_counts(int(entry.at.timestamp()) // HOUR_S)
+                pipe.hincrby(counts, "deferred", 1)
+                pipe.expire(counts, COUNTS_TTL_S)
+                count += 2
             if entry.kind == "deferral" and entry.partner and entry.renewal and entry.reminder:
                 # Kept on the reminder too, so `plan` shows attempts and the last error without a scan.
                 key = self.keys.attempts(entry.partner, entry.renewal)

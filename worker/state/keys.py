@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["CLIENT_BUCKETS", "SEP", "Keys", "key_part"]
+__all__ = ["CLIENT_BUCKETS", "COUNTS_TTL_S", "HOUR_S", "SEP", "Keys", "key_part"]
 
 # Joins ids inside set members; ids never hold control characters (the contract refuses them).
 SEP = "\x1f"
@@ -14,6 +14,10 @@ SEP = "\x1f"
 # most hash-max-listpack-entries, 512, fields: up to some 130,000 clients a partner) at about 20
 # bytes a client, where one large hash is a hashtable at about 50.
 CLIENT_BUCKETS = 256
+
+# The outcome counts of `status`: one hash per hour, kept a day and an hour.
+HOUR_S = 3_600
+COUNTS_TTL_S = 25 * HOUR_S
 
 
 def key_part(value: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import redis
 
 from .history import History, HistoryEntry
-from .keys import SEP, Keys
+from .keys import COUNTS_TTL_S, HOUR_S, SEP, Keys
 from .scripts import LuaScript, run_pipeline
 from .store import dirty_member
 from .suppressions import Suppression, Suppressions
@@ -87,8 +87,16 @@ return 'busy'
 # marking the renewal to be planned again (the due index holds only its next reminder; ARGV[5] is
 # '' when nothing follows) is one step, so no other worker or re-plan can see the reminder neither
 # final nor claimed, and the next reminder cannot be forgotten.
+# Writes a final outcome unless one is there, ends its lease and claims, marks the renewal to be
+# planned again, and counts the outcome in its hour (for `status`: "the last 24 hours" by kind).
+#   KEYS: ledger, lease, due, claimed, dirty, the hour's outcome counts
+#   ARGV: reminder id, lease token, outcome JSON, due member, dirty mark ('' = none), its score, kind
 _FINISH = """
 local written = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3])
+if written == 1 then
+  redis.call('HINCRBY', KEYS[6], ARGV[7], 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[8])
+end
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 redis.call('ZREM', KEYS[3], ARGV[4])
 redis.call('ZREM', KEYS[4], ARGV[4])
@@ -218,10 +226,11 @@ class Ledger:
         """
         k = self.keys
         for (pid, rid, rem), outcome, token, plan_next in items:
-            keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.due(), k.claimed(), k.dirty()]
-            mark = dirty_member("renewal", pid, rid) if plan_next else ""
             score = int(outcome.at.timestamp() * 1000)
-            args = [rem, token, outcome.to_json(), due_member(pid, rid, rem), mark, score]
+            counts = k.outcome_counts(score // (1000 * HOUR_S))
+            keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.due(), k.claimed(), k.dirty(), counts]
+            mark = dirty_member("renewal", pid, rid) if plan_next else ""
+            args = [rem, token, outcome.to_json(), due_member(pid, rid, rem), mark, score, outcome.kind, COUNTS_TTL_S]
             self._finish.queue(pipe, keys=keys, args=args)
         plain = [e for e in suppress if isinstance(e, str)]
         if plain:
