@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 import redis
 
-pytest_plugins = ["smtp_fixtures", "redis_server"]
+pytest_plugins = ["smtp_fixtures", "redis_server", "service_processes"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -7,20 +7,13 @@ worker.entrypoint`) and the scheduler (`renewals scheduler`) run as the producti
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from datetime import date, timedelta
-from email import message_from_bytes, policy
-from pathlib import Path
 
 import pytest
 from factories import client_updated, partner_updated, renewal_updated
 from redis_server import RedisServer
+from service_processes import PREFIX, Service, arrivals, caught_up_start_date, wait_for
 
 from worker.config.settings import load_settings
 from worker.domain.events import parse_event
@@ -28,24 +21,12 @@ from worker.service.runtime import build_runtime
 from worker.state.keys import Keys
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-PREFIX = "fx"
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not in {timeout_s} s: {what}")
 
 
 def seed(redis_url: str, renewals: int) -> None:
     """Renewals whose first notice is already past: each is caught up at once, one email each."""
     rt = build_runtime(load_settings(redis_url=redis_url, key_prefix=PREFIX))
-    start = (date.today() + timedelta(days=45 + 20)).isoformat()
+    start = caught_up_start_date()
     events = [partner_updated(at="2026-01-01T00:00:00Z"), client_updated(at="2026-01-01T00:00:00Z")]
     events += [
         renewal_updated(renewal_id=f"r{i}", start_date=start, at="2026-01-02T00:00:00Z") for i in range(renewals)
@@ -53,83 +34,6 @@ def seed(redis_url: str, renewals: int) -> None:
     rt.store.apply_many([parse_event(e) for e in events])
     rt.planning.flush(rt.rules(), rt.clock.now())
     rt.close()
-
-
-class Service:
-    """The worker and scheduler processes, started and killed as a test needs."""
-
-    def __init__(self, redis_url: str, smtp_server, tmp_path: Path) -> None:
-        self.env = {
-            **os.environ,
-            "REDIS_URL": redis_url,
-            "KEY_PREFIX": PREFIX,
-            "SMTP_HOST": smtp_server.host,
-            "SMTP_PORT": str(smtp_server.port),
-            "SMTP_SECURITY": "none",
-            "SMTP_POOL_SIZE": "2",
-            "MAIL_FROM": "Renewals <renewals@platform.example>",
-            "SEND_LEASE_MS": "3000",
-            "CLAIM_LEASE_S": "10",
-            "SCHEDULER_POLL_S": "0.2",
-            "DELIVERY_MIN_BACKOFF_MS": "200",
-            "DELIVERY_MAX_BACKOFF_MS": "1000",
-            "DELIVERY_MAX_RETRIES": "30",
-            "OUTBOX_DIR": str(tmp_path / "outbox"),
-        }
-        self.tmp_path = tmp_path
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def _start(self, command: list[str], name: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp_path / f"{name}-{len(self.processes)}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        self.processes.append(proc)
-        return proc
-
-    def worker(self) -> subprocess.Popen[bytes]:
-        command = [str(BIN / "dramatiq"), "worker.entrypoint", "--processes", "1", "--threads", "2"]
-        return self._start([*command, "--queues", "events", "deliveries"], "worker")
-
-    def scheduler(self) -> subprocess.Popen[bytes]:
-        return self._start([str(BIN / "renewals"), "scheduler"], "scheduler")
-
-    @staticmethod
-    def kill(proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL to the whole process group: dramatiq's parent and its worker process die at once."""
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.processes:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp_path.glob("*.log")))
-
-
-@pytest.fixture
-def service(private_redis: RedisServer, smtp_server, tmp_path: Path) -> Iterator[Service]:
-    svc = Service(private_redis.url(), smtp_server, tmp_path)
-    yield svc
-    svc.stop_all()
-
-
-def arrivals(smtp_server) -> list[tuple[str, str, float]]:
-    """(reminder tag, Message-ID, arrival time) of each message the server accepted."""
-    out = []
-    for m in smtp_server.messages:
-        msg = message_from_bytes(m.content, policy=policy.default)
-        out.append((str(msg["X-Renewal-Reminder"]), str(msg["Message-ID"]), m.mail_at))
-    return out
 
 
 def tags(count: int) -> set[str]:

@@ -6,22 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis_server import RedisServer
-from test_delivery_faults import PREFIX, Service, arrivals, seed, tags, wait_for
+from service_processes import PREFIX, ROOT, Service, arrivals, wait_for
+from test_delivery_faults import seed, tags
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def service(private_redis: RedisServer, smtp_server, tmp_path: Path) -> Iterator[Service]:
-    svc = Service(private_redis.url(), smtp_server, tmp_path)
-    yield svc
-    svc.stop_all()
 
 
 def renewals(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
