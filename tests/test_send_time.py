@@ -82,3 +82,23 @@ def test_an_owner_change_mid_batch_reroutes_the_messages_not_yet_started(slow_pi
     assert all(m.rcpt_tos == ("jonas@northwind.agency",) for m in later)
     recorded = [o for o in outcomes(rt, "c1", 12) if o.to == ("jonas@northwind.agency",)]
     assert len(recorded) == sum(m.rcpt_tos == ("jonas@northwind.agency",) for m in server.messages) >= len(later)
+
+
+def test_a_client_changed_mid_batch_is_still_mailed_each_message_rendered_from_the_state_at_its_start(slow_pipeline):
+    # A change that leaves the routing as it was: the send reads the renewal again and goes ahead.
+    rt, clock, server = slow_pipeline
+    seed_clients(rt, {"c1": 12})
+    server.slow_down(0.1)
+    assert fire_due(rt, clock, FIRST_DUE) == 12
+    wait_for(lambda: len(server.messages) >= 3)
+    contacts = {"primary": person("Primary c1", "primary@c1.example")}
+    renamed = client_updated(client_id="c1", domain="renamed-c1.example", contacts=contacts)
+    rt.store.apply(parse_event({**renamed, "occurred_at": "2026-12-29T00:00:00Z"}))
+    renamed_at = time.time()
+    wait_for(lambda: None not in outcomes(rt, "c1", 12), timeout_s=30)
+
+    assert [o.kind for o in outcomes(rt, "c1", 12)] == ["sent"] * 12
+    later = [m for m in server.messages if m.mail_at > renamed_at + RENDER_GRACE_S]
+    assert later, "the change should land before the batch ends"
+    assert all(b"renamed-c1.example" in m.content for m in later)
+    assert b"renamed-c1.example" not in server.messages[0].content

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "InvalidEvent",
+    "InvalidMessage",
     "PermanentError",
     "PermanentSendError",
     "RedisUnavailable",
@@ -62,6 +63,10 @@ class RedisUnavailable(TransientError):
 
 class PermanentError(RenewalsError):
     """Retrying cannot help: record the failure and move on."""
+
+
+class InvalidMessage(PermanentError, ValueError):
+    """The data cannot make a valid message (an address or header SMTP cannot carry): no retry can help."""
 
 
 class TransientSendError(TransientError):

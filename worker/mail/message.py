@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import idna
 
-from ..domain.errors import ConfigError
+from ..domain.errors import ConfigError, InvalidMessage
 from ..domain.events import Person
 from .render import RenderedEmail
 
@@ -236,7 +236,29 @@ def build_message(
     reminder_tag: str,
     sent_at: datetime,
 ) -> bytes:
-    """The complete message as CRLF bytes, ready for SMTP DATA or an .eml file."""
+    """The complete message as CRLF bytes, ready for SMTP DATA or an .eml file.
+
+    Data that no valid message can carry raises InvalidMessage (a ValueError); a bad MAIL_FROM is
+    our configuration, ConfigError.
+    """
+    try:
+        return _build(rendered, mail_from, to, cc, reply_to, message_id, reminder_tag, sent_at)
+    except InvalidMessage:
+        raise
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from exc
+
+
+def _build(
+    rendered: RenderedEmail,
+    mail_from: str,
+    to: Sequence[Person],
+    cc: Sequence[Person],
+    reply_to: Person | None,
+    message_id: str,
+    reminder_tag: str,
+    sent_at: datetime,
+) -> bytes:
     if not to:
         raise ValueError("a message needs at least one To recipient")
     if sent_at.tzinfo is None or sent_at.utcoffset() is None:

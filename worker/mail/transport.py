@@ -13,6 +13,8 @@ from typing import Protocol
 
 from aiosmtplib.email import parse_address
 
+from ..domain.errors import InvalidMessage
+
 __all__ = ["BARE_ADDRESS", "Accepted", "Envelope", "Mailer", "Prepare", "SendResult", "check_envelope"]
 
 
@@ -69,17 +71,20 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_envelope(sender: str, recipients: Sequence[str]) -> None:
-    """Reject a bad envelope before any connection is touched.
+    """Reject a bad envelope (InvalidMessage, a ValueError) before any connection is touched.
 
     aiosmtplib parses leniently: "a@x, b@x" would go out as "a@x" alone, and a line break would
     fail only after MAIL, in the middle of a transaction.
     """
     if isinstance(recipients, str) or not recipients:
-        raise ValueError(f"recipients must be a non-empty sequence of addresses, not {recipients!r}")
+        raise InvalidMessage(f"recipients must be a non-empty sequence of addresses, not {recipients!r}")
     for address in (sender, *recipients):
         if BARE_ADDRESS.fullmatch(address):
             continue
         parsed = getaddresses([address])
         if _CONTROL_CHARACTERS.search(address) or len(parsed) != 1 or not parsed[0][1]:
-            raise ValueError(f"not one email address: {address!r}")
-        parse_address(address)  # raises ValueError for what cannot go on an SMTP command line
+            raise InvalidMessage(f"not one email address: {address!r}")
+        try:
+            parse_address(address)  # raises ValueError for what cannot go on an SMTP command line
+        except ValueError as exc:
+            raise InvalidMessage(str(exc)) from exc

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
@@ -237,8 +238,9 @@ async def deliver_batch(rt: Context, items: list[list[Any]]) -> None:
     record_deliveries(rt, items, results)
     errors = [result for result in results if isinstance(result, Exception)]
     if errors:
-        if all(isinstance(error, RenewalsError) for error in errors):
-            # Deferred sends are expected: logged above, one line each; dramatiq retries without a traceback.
+        if all(isinstance(error, (RenewalsError, redis.RedisError)) for error in errors):
+            # Deferred sends and a Redis outage are expected: logged above, one line each (the outage
+            # once per process); dramatiq retries without a traceback.
             raise dramatiq.Retry(str(errors[0])) from errors[0]
         raise errors[0]
 

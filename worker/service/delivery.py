@@ -16,7 +16,7 @@ import idna
 import redis
 
 from ..domain.decision import Send, Skip, Wait, decide, reply_to
-from ..domain.errors import ConfigError, PermanentSendError, TransientError
+from ..domain.errors import ConfigError, InvalidMessage, PermanentSendError, TransientError
 from ..domain.planner import Plan
 from ..domain.rules import RuleSet
 from ..mail.message import build_message, envelope_recipients, message_id_for
@@ -337,7 +337,7 @@ class _Send:
             self._give_back(keep_claim=True)
             recorder.add(history=[self._deferral(recorder, exc)])
             return exc
-        except ValueError as exc:
+        except InvalidMessage as exc:
             # The data cannot make a valid message (build_message refuses it): no retry can help.
             self._finish(
                 recorder,
@@ -448,7 +448,7 @@ class _Send:
             self._finish(recorder, Outcome("skipped", now, reason=decision.reason))
             return self._stop(recorder, f"skipped:{decision.reason}")
         people = [r.person for r in decision.routing.to + decision.routing.cc]
-        if [p.email for p in people] != emails:
+        if [p.email for p in people] != emails or len(flags) != len(people):
             flags = rt.ledger.is_suppressed([p.email for p in people])  # recipients changed since the batch read
         return self._build(recorder, decision, flags, now)
 

@@ -26,31 +26,31 @@ __all__ = ["SendCheck", "SendCheckResult"]
 #       addresses, rules in force
 # ARGV: k, k expected stamps ('' = absent), reminder id, rules fingerprint ('' = none recorded),
 #       m, the m ledger reminder ids the view holds, then the recipients' addresses (casefolded)
-# Returns {'final'}, {'changed'} or {'same', flags}.
+# Returns {'final' | 'changed' | 'same', the recipients' suppression flags}.
 _CHECK = """
 local k = tonumber(ARGV[1])
 local ledger = KEYS[k + 1]
-if redis.call('HEXISTS', ledger, ARGV[k + 2]) == 1 then return {'final'} end
+local m = tonumber(ARGV[k + 4])
+local flags = {}
+if k + 5 + m <= #ARGV then flags = redis.call('SMISMEMBER', KEYS[k + 2], unpack(ARGV, k + 5 + m)) end
+if redis.call('HEXISTS', ledger, ARGV[k + 2]) == 1 then return {'final', flags} end
 for j = 1, k do
   local record = redis.call('GET', KEYS[j])
   local stamp = record and string.match(record, '^[^\\31]*\\31[^\\31]*') or ''
-  if stamp ~= ARGV[1 + j] then return {'changed'} end
+  if stamp ~= ARGV[1 + j] then return {'changed', flags} end
 end
-if (redis.call('HGET', KEYS[k + 3], 'fingerprint') or '') ~= ARGV[k + 3] then return {'changed'} end
-local m = tonumber(ARGV[k + 4])
-if redis.call('HLEN', ledger) ~= m then return {'changed'} end
+if (redis.call('HGET', KEYS[k + 3], 'fingerprint') or '') ~= ARGV[k + 3] then return {'changed', flags} end
+if redis.call('HLEN', ledger) ~= m then return {'changed', flags} end
 for i = k + 5, k + 4 + m do
-  if redis.call('HEXISTS', ledger, ARGV[i]) == 0 then return {'changed'} end
+  if redis.call('HEXISTS', ledger, ARGV[i]) == 0 then return {'changed', flags} end
 end
-local first = k + 5 + m
-if first > #ARGV then return {'same', {}} end
-return {'same', redis.call('SMISMEMBER', KEYS[k + 2], unpack(ARGV, first))}
+return {'same', flags}
 """
 
 
 @dataclass(frozen=True)
 class SendCheckResult:
-    """``same``: the view still holds, and ``suppressed`` has a flag per address asked about."""
+    """``same``: the view still holds; ``suppressed`` has a flag per address asked about, whatever the status."""
 
     status: Literal["same", "changed", "final"]
     suppressed: list[bool]
@@ -78,5 +78,4 @@ class SendCheck:
     @staticmethod
     def parse(reply: Any) -> SendCheckResult:
         status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        flags = [bool(v) for v in reply[1]] if len(reply) > 1 else []
-        return SendCheckResult(status, flags)  # type: ignore[arg-type]
+        return SendCheckResult(status, [bool(v) for v in reply[1]])  # type: ignore[arg-type]
