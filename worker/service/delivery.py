@@ -139,7 +139,6 @@ async def deliver_many(
             leases[ref] = token
             job = _Send(rt, ref, token, view, send, rules=rules, plan_next=plan_next, last_try=last_try)
             attempts.append((i, job.run(recorder, checks, leases)))
-    recorder.waiting = len(attempts)
     keeper = asyncio.ensure_future(
         keep_leases_alive(rt.ledger, leases, lease_ms=lease_ms, now_ms=lambda: _epoch_ms(rt.clock.now()))
     )
@@ -208,6 +207,7 @@ class _Checks:
     def __init__(self, rt: Context) -> None:
         self._rt = rt
         self._check = SendCheck(rt.ledger.redis, rt.ledger.keys)
+        self._window_s = rt.settings.send_check_window_ms / 1000
         self._asked: list[_Asked] = []
         self._kicked: dict[Recorder, None] = {}
         self._running = False
@@ -237,6 +237,8 @@ class _Checks:
         # Runs as a task: the checks asked for in the same turn of the event loop share a pipeline.
         try:
             while self._asked or self._kicked:
+                # Group commit: the checks and records asked for in the next moment share the round trip.
+                await asyncio.sleep(self._window_s)
                 asked, self._asked = self._asked, []
                 recorders = list(self._kicked) + [a[0] for a in asked]
                 self._kicked = {}
@@ -250,7 +252,6 @@ class _Checks:
                 for (*_, future), result in zip(asked, results, strict=True):
                     if not future.done():
                         future.set_result(result)
-                await asyncio.sleep(0)  # let the sends just answered start their transactions
         finally:
             self._running = False
 
@@ -321,7 +322,6 @@ class _Send:
             self.message_id = message_id_for(*ref, domain=_from_domain(rt.settings.mail_from))
         except ConfigError as exc:  # a bad MAIL_FROM: raised again when the send is prepared, and retried
             self.message_id, self.config_error = "", exc
-        self.started = False
         self.stopped: str | None = None
         self.sent: _Built | None = None
 
@@ -333,7 +333,6 @@ class _Send:
                 lambda: self._prepare(recorder, checks), accepted=lambda r: self._accepted(recorder, r)
             )
         except ConfigError as exc:  # our own settings or templates: retried until fixed, never the reminder's outcome
-            self._not_started(recorder)
             self._give_back(keep_claim=True)
             recorder.add(history=[self._deferral(recorder, exc)])
             return exc
@@ -356,7 +355,6 @@ class _Send:
         except Exception as exc:
             # Deferred sends, lost connections, Redis away at the check, a template or SMTP login ops
             # can fix before retries run out, or a bug: retried with backoff, failed on the last try.
-            self._not_started(recorder)
             self._give_back(keep_claim=not self.last_try or isinstance(exc, redis.RedisError))
             if not self.last_try or isinstance(exc, redis.RedisError):
                 recorder.add(history=[self._deferral(recorder, exc)])
@@ -371,7 +369,6 @@ class _Send:
             _log.error("%s/%s/%s failed after retries: %s", partner_id, renewal_id, reminder_id, exc)
             return "failed"
         except BaseException:
-            self._not_started(recorder)
             self._give_back(keep_claim=True)
             raise
         finally:
@@ -406,11 +403,6 @@ class _Send:
             attempt=recorder.attempt,
         )
 
-    def _not_started(self, recorder: Recorder) -> None:
-        if not self.started:
-            self.started = True
-            recorder.waiting -= 1
-
     def _give_back(self, *, keep_claim: bool) -> None:
         """Hand the lease back without an outcome, and hold the scheduler's claim for the retry."""
         with contextlib.suppress(redis.RedisError):  # Redis away: the lease and claim run out by themselves
@@ -427,7 +419,6 @@ class _Send:
 
     async def _prepare(self, recorder: Recorder, checks: _Checks) -> Envelope | None:
         """The check at send time: state, ledger and suppressions read now, decided, rendered, built."""
-        self._not_started(recorder)
         if self.config_error is not None:
             raise self.config_error
         rt, (partner_id, renewal_id, reminder_id) = self.rt, self.ref

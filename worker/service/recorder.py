@@ -41,11 +41,11 @@ class Pending:
 
 
 class Recorder:
-    """Outcomes waiting to be written, written at the first chance: beside the next pre-send read of
-    this batch, or at once when no send of the batch is about to start.
+    """Outcomes waiting to be written, written at the first chance: beside the next pre-send checks.
 
-    ``waiting`` counts the sends of the batch that have not reached their pre-send check yet; while
-    one has, its read carries what is pending, one round trip for both.
+    ``on_pending`` asks for that chance: an accepted message is written in the round trip of the
+    next check on the event loop, which is at the latest the check of the next transaction on its
+    connection, or on its own when none comes.
     """
 
     def __init__(self, ledger: Ledger, *, attempt: int = 1, outage: RedisOutage | None = None) -> None:
@@ -55,7 +55,6 @@ class Recorder:
         self._suppress: list[str | Suppression] = []
         self._release: list[str | bytes] = []
         self._history: list[HistoryEntry] = []
-        self.waiting = 0
         self.on_pending: Callable[[], None] | None = None
         # For the history: the delivery's try (1 for the first) and each reminder's client.
         self.attempt = attempt
@@ -82,13 +81,12 @@ class Recorder:
         self._history.extend(history)
 
     def accepted(self, item: FinishItem, *, suppress: Sequence[str | Suppression] = ()) -> None:
-        """A message the server accepted: written now, unless a pre-send read is about to carry it."""
+        """A message the server accepted: written before any other transaction starts on its connection."""
         self.add(item, suppress=suppress)
-        if self.waiting == 0:
-            if self.on_pending is not None:
-                self.on_pending()  # written in the background, before any other transaction starts
-            else:
-                self.write_now()
+        if self.on_pending is not None:
+            self.on_pending()
+        else:
+            self.write_now()
 
     def take(self) -> Pending:
         """What is pending now, to be written by ``queue`` (in any thread) and then dropped by ``done``."""
