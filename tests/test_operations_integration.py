@@ -18,8 +18,10 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -218,7 +220,12 @@ def test_metrics_are_served_by_scheduler_and_worker_processes_and_status_reports
         text = name.read_text()
         assert re.search(r"INFO worker\.service \[\d+\]: redis: redis://127\.0\.0\.1:6379/\d+ \(key prefix ops\)", text)
         assert "rules fingerprint: " in text and "templates: " in text and "from: Partner Renewals" in text
-    assert "reminder p1/r0/first-notice (due " in log
+    # The rule's own time (09:00 at the client, 30 days before a deadline 20 days ahead), then when it was caught up.
+    line = re.search(r"reminder p1/r0/first-notice \(due (\S+), caught up (\S+)\): sent", log)
+    assert line, log
+    planned = datetime.combine(date.today() - timedelta(days=10), dt_time(9), ZoneInfo("America/New_York"))
+    assert datetime.fromisoformat(line[1]) == planned.astimezone(UTC)
+    assert abs(datetime.fromisoformat(line[2]) - datetime.now(UTC)) < timedelta(minutes=5)
 
 
 def test_a_wrong_smtp_password_raises_the_alarm_without_a_traceback_or_the_password_in_the_log(

@@ -259,6 +259,8 @@ def test_only_the_latest_missed_reminder_is_sent_at_once_and_earlier_ones_are_sk
 
     assert planned(result) == [("second-notice", now, True), ("final-notice", utc(2025, 4, 30, 9), False)]
     assert result.planned[0].local_due_at == now
+    # Logs and views name the time its rule gave it, not the catch-up time.
+    assert [p.planned_at for p in result.planned] == [utc(2025, 4, 24, 9), utc(2025, 4, 30, 9)]
     assert skipped(result) == [("first-notice", "missed")]
     assert result.skipped[0].due_at == utc(2025, 4, 1, 9)
 
@@ -267,6 +269,7 @@ def test_a_reminder_due_exactly_now_is_sent_now_without_counting_as_caught_up() 
     result = plan(now=utc(2025, 4, 24, 9), final={"first-notice"})
 
     assert planned(result)[0] == ("second-notice", utc(2025, 4, 24, 9), False)
+    assert result.planned[0].planned_at == utc(2025, 4, 24, 9)
 
 
 def test_on_the_deadline_day_the_last_missed_reminder_still_goes_out() -> None:

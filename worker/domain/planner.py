@@ -44,13 +44,20 @@ _UTC = ZoneInfo("UTC")
 
 @dataclass(frozen=True)
 class PlannedReminder:
-    """A reminder to send at ``due_at`` (aware, UTC); ``caught_up`` when it was missed and moved to ``now``."""
+    """A reminder to send at ``due_at`` (aware, UTC); ``caught_up`` when it was missed and moved to
+    ``now``, its rule's own time then kept in ``rule_due_at`` (logs and views name that one)."""
 
     reminder_id: str
     template: str
     due_at: datetime
     local_due_at: datetime
     caught_up: bool = False
+    rule_due_at: datetime | None = None
+
+    @property
+    def planned_at(self) -> datetime:
+        """When its rule put it: before any catch-up moved it."""
+        return self.rule_due_at if self.rule_due_at is not None else self.due_at
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,12 @@ def plan_renewal(
             reason: SkipReason = "rule_change" if rule.id in by_edit else "missed"
             skipped_list.append(SkippedReminder(rule.id, due[rule.id], reason))
         elif rule is catch_up:
-            planned.append(PlannedReminder(rule.id, rule.template, now, now.astimezone(tz), due[rule.id] < now))
+            late = due[rule.id] < now
+            planned.append(
+                PlannedReminder(
+                    rule.id, rule.template, now, now.astimezone(tz), late, rule_due_at=due[rule.id] if late else None
+                )
+            )
         elif rule in past:
             skipped_list.append(SkippedReminder(rule.id, due[rule.id], "missed"))
         elif rule not in too_late:

@@ -234,8 +234,11 @@ async def deliver_batch(rt: Context, items: list[list[Any]]) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
     refs = [(str(pid), str(rid), str(rem)) for pid, rid, rem, _ in items]
-    results = await deliver_many(rt, refs, last_try=retries >= rt.settings.delivery_max_retries, attempt=retries + 1)
-    record_deliveries(rt, items, results)
+    planned_at: dict[tuple[str, str, str], datetime] = {}
+    results = await deliver_many(
+        rt, refs, last_try=retries >= rt.settings.delivery_max_retries, attempt=retries + 1, planned_at=planned_at
+    )
+    record_deliveries(rt, items, results, planned_at=planned_at)
     errors = [result for result in results if isinstance(result, Exception)]
     if errors:
         if all(isinstance(error, (RenewalsError, redis.RedisError)) for error in errors):

@@ -71,7 +71,12 @@ async def deliver(
 
 
 async def deliver_many(
-    rt: Context, refs: Sequence[ReminderRef], *, last_try: bool, attempt: int = 1
+    rt: Context,
+    refs: Sequence[ReminderRef],
+    *,
+    last_try: bool,
+    attempt: int = 1,
+    planned_at: dict[ReminderRef, datetime] | None = None,
 ) -> list[str | Exception]:
     """Deliver reminders at most once each, each checked against the state as its transaction starts.
 
@@ -80,7 +85,8 @@ async def deliver_many(
     partner again (one round trip, which also writes the outcomes accepted meanwhile), decides and
     renders from that, and sends. Per reminder: what happened, or the exception that a retry may
     fix (its lease is given back and its scheduler claim held until the retry). ``attempt`` (1 for
-    the first try) goes into the history with each outcome and deferral.
+    the first try) goes into the history with each outcome and deferral. ``planned_at``, when
+    given, gets the time each reminder's rule planned it for (before any catch-up), for the log.
     """
     now = rt.clock.now()
     rules = rt.rules()
@@ -98,6 +104,10 @@ async def deliver_many(
             results[i] = "already_final"
             continue
         plan = view.plan(rules, now)
+        if planned_at is not None:
+            for item in plan.planned:
+                if item.reminder_id == reminder_id:
+                    planned_at[ref] = item.planned_at
         decision = _decide(rt, view, reminder_id, plan, rules, now)
         # Once this reminder is final, the renewal is planned again when another reminder follows:
         # the due index holds only each renewal's next one.

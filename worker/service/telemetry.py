@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +64,7 @@ class _Metrics:
         )
         self.lateness = Histogram(
             "renewals_delivery_lateness_seconds",
-            "From a reminder's due time to the server accepting it.",
+            "From when a reminder fell due in the due index (a caught-up one: when it was caught up) to the server accepting it.",
             buckets=_LATENESS_BUCKETS,
         )
         self.rule_reloads = Counter(
@@ -130,10 +130,19 @@ def outcome_of(result: str | Exception) -> tuple[str, str]:
     return outcome, reason
 
 
-def record_deliveries(rt: Context, items: Sequence[Sequence[Any]], results: Sequence[str | Exception]) -> None:
+def record_deliveries(
+    rt: Context,
+    items: Sequence[Sequence[Any]],
+    results: Sequence[str | Exception],
+    *,
+    planned_at: Mapping[tuple[str, str, str], datetime] | None = None,
+) -> None:
     """One line per reminder in the log, and the metrics, for a delivery batch.
 
-    ``items`` are the message's ``[partner_id, renewal_id, reminder_id, due_ms]``. The hourly
+    ``items`` are the message's ``[partner_id, renewal_id, reminder_id, due_ms]``, ``due_ms`` its
+    time in the due index: for a reminder caught up, when it was caught up. The log names the time
+    its rule planned it for (``planned_at``, from the delivery's plan) and then the catch-up time;
+    the lateness metric runs from the due index's time, the service's own delay. The hourly
     outcome counts of `status` are kept in Redis by the writes themselves (see ``OutcomeCounts``).
     """
     m = metrics()
@@ -145,7 +154,7 @@ def record_deliveries(rt: Context, items: Sequence[Sequence[Any]], results: Sequ
         due = _due_at(due_ms)
         if outcome == "sent" and due is not None:
             m.lateness.observe(max(0.0, (now - due).total_seconds()))
-        due_text = due.isoformat(timespec="seconds") if due is not None else repr(due_ms)
+        due_text = _due_text(due, due_ms, (planned_at or {}).get((str(partner_id), str(renewal_id), str(reminder_id))))
         if isinstance(result, Exception):
             _log_delivery.warning(
                 "reminder %s/%s/%s (due %s): deferred, will retry: %s",
@@ -166,6 +175,16 @@ def record_deliveries(rt: Context, items: Sequence[Sequence[Any]], results: Sequ
                 result,
                 extra={"partner": partner_id, "renewal": renewal_id, "reminder": reminder_id, "outcome": outcome},
             )
+
+
+def _due_text(due: datetime | None, due_ms: object, planned: datetime | None) -> str:
+    """The planned time, and the catch-up time when it differs by more than a second."""
+    if planned is None:
+        return due.isoformat(timespec="seconds") if due is not None else repr(due_ms)
+    text = planned.isoformat(timespec="seconds")
+    if due is not None and abs((due - planned).total_seconds()) >= 1:
+        text += f", caught up {due.isoformat(timespec='seconds')}"
+    return text
 
 
 def _due_at(due_ms: object) -> datetime | None:
