@@ -151,6 +151,39 @@ def test_history_is_newest_first_filtered_and_older_than_history_days_is_not_sho
     assert hist.size() < 303  # trimming by age drops whole stream nodes as new entries come
 
 
+def test_entries_round_trip_in_one_field_and_entries_of_one_field_per_value_are_still_read(real_redis):
+    from worker.state.keys import Keys
+
+    keys = Keys("h")
+    hist = History(real_redis, keys)
+    at = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    entry = HistoryEntry(
+        "outcome",
+        at,
+        "sent",
+        partner="p1",
+        client="c1",
+        renewal="r1",
+        reminder="first-notice",
+        reason="suppressed: b@x.example",
+        to=("a@x.example", "ü@x.example"),
+        cc=("p@y.example",),
+        message_id="<m@x>",
+        reply="250 ok, queued",
+        attempt=2,
+    )
+    real_redis.xadd(  # as written before 2026-12-04
+        keys.history(),
+        {"kind": "steering", "at": at.isoformat(), "outcome": "retry", "to": "a@x,b@x", "attempt": "0", "by": "ops"},
+    )
+    hist.append(entry)
+    (_, fields), _ = real_redis.xrevrange(keys.history())
+    assert list(fields) == [b"e"]
+    new, old = hist.entries()
+    assert new == HistoryEntry(**{**entry.__dict__, "id": new.id})
+    assert (old.kind, old.outcome, old.to, old.cc, old.by) == ("steering", "retry", ("a@x", "b@x"), (), "ops")
+
+
 def test_a_pipeline_run_again_after_noscript_shows_its_history_entry_once(private_redis):
     from worker.state.keys import Keys
     from worker.state.ledger import Ledger, Outcome

@@ -33,6 +33,26 @@ HistoryKind = Literal["outcome", "deferral", "steering"]
 ATTEMPTS_TTL_S = 30 * 86_400
 
 
+# The order of the values in a stream entry's one field (``HistoryEntry.to_fields``).
+_FIELDS = (
+    "kind",
+    "at",
+    "outcome",
+    "partner",
+    "client",
+    "renewal",
+    "reminder",
+    "reason",
+    "to",
+    "cc",
+    "message_id",
+    "reply",
+    "attempt",
+    "by",
+    "uid",
+)
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     """One line of the history. ``outcome`` is the ledger's kind (sent, skipped, suppressed, failed),
@@ -60,31 +80,43 @@ class HistoryEntry:
     uid: str = field(default_factory=lambda: os.urandom(8).hex())
 
     def to_fields(self) -> dict[str, str]:
-        """The stream fields, every one in the same order even when empty: Redis then stores the names
-        once per stream node rather than once per entry (about half the memory of an entry)."""
-        return {
-            "kind": self.kind,
-            "at": self.at.isoformat(),
-            "outcome": self.outcome,
-            "partner": self.partner,
-            "client": self.client,
-            "renewal": self.renewal,
-            "reminder": self.reminder,
-            "reason": self.reason,
-            "to": ",".join(self.to),
-            "cc": ",".join(self.cc),
-            "message_id": self.message_id,
-            "reply": self.reply,
-            "attempt": str(self.attempt),
-            "by": self.by,
-            "uid": self.uid,
-        }
+        """The stream fields: one, ``e``, a JSON array of the values in ``_FIELDS``'s order.
+
+        One field keeps the XADD short (packing a command costs redis-py about half a microsecond an
+        argument: 33 arguments were a quarter of the history's cost) and every entry the same field
+        name, which Redis stores once per stream node. Entries written as one field per value (before
+        2026-12-04) are still read.
+        """
+        values = [
+            self.kind,
+            self.at.isoformat(),
+            self.outcome,
+            self.partner,
+            self.client,
+            self.renewal,
+            self.reminder,
+            self.reason,
+            list(self.to),
+            list(self.cc),
+            self.message_id,
+            self.reply,
+            self.attempt,
+            self.by,
+            self.uid,
+        ]
+        return {"e": json.dumps(values, ensure_ascii=False, separators=(",", ":"))}
 
     @classmethod
     def from_fields(cls, entry_id: bytes | str, data: dict[bytes, bytes]) -> HistoryEntry:
-        text = {k.decode(): v.decode() for k, v in data.items()}
+        raw = data.get(b"e")
+        if raw is not None:
+            text = dict(zip(_FIELDS, json.loads(raw), strict=False))
+        else:
+            text = {k.decode(): v.decode() for k, v in data.items()}
+            text["to"] = [a for a in text.get("to", "").split(",") if a]
+            text["cc"] = [a for a in text.get("cc", "").split(",") if a]
         return cls(
-            kind=text.get("kind", "outcome"),  # type: ignore[arg-type]
+            kind=text.get("kind", "outcome"),
             at=datetime.fromisoformat(text["at"]),
             outcome=text.get("outcome", ""),
             partner=text.get("partner", ""),
@@ -92,11 +124,11 @@ class HistoryEntry:
             renewal=text.get("renewal", ""),
             reminder=text.get("reminder", ""),
             reason=text.get("reason", ""),
-            to=tuple(a for a in text.get("to", "").split(",") if a),
-            cc=tuple(a for a in text.get("cc", "").split(",") if a),
+            to=tuple(text.get("to", ())),
+            cc=tuple(text.get("cc", ())),
             message_id=text.get("message_id", ""),
             reply=text.get("reply", ""),
-            attempt=int(text.get("attempt", "0") or 0),
+            attempt=int(text.get("attempt", 0) or 0),
             by=text.get("by", ""),
             id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
             uid=text.get("uid", ""),
