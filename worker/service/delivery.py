@@ -81,9 +81,10 @@ async def deliver_many(
     """Deliver reminders at most once each, each checked against the state as its transaction starts.
 
     The batch reads the state for all and claims the lease on each reminder to send in two round
-    trips; then each send, once it has an SMTP connection in hand, reads its renewal, client and
-    partner again (one round trip, which also writes the outcomes accepted meanwhile), decides and
-    renders from that, and sends. Per reminder: what happened, or the exception that a retry may
+    trips; then each send, once it has an SMTP connection in hand, checks that nothing its
+    decision was made from has changed (``SendCheck``, reading the renewal again if it has: the
+    round trip is shared with other checks and carries the outcomes accepted meanwhile), decides
+    and renders at that moment, and sends. Per reminder: what happened, or the exception that a retry may
     fix (its lease is given back and its scheduler claim held until the retry). ``attempt`` (1 for
     the first try) goes into the history with each outcome and deferral. ``planned_at``, when
     given, gets the time each reminder's rule planned it for (before any catch-up), for the log.

@@ -89,7 +89,7 @@ class Recorder:
             self.write_now()
 
     def take(self) -> Pending:
-        """What is pending now, to be written by ``queue`` (in any thread) and then dropped by ``done``."""
+        """What is pending now, to be written by ``queue`` and then dropped by ``done``."""
         return Pending(list(self._items), list(self._suppress), list(self._release), list(self._history))
 
     def queue(self, pipe: redis.client.Pipeline, pending: Pending) -> int:

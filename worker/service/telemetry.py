@@ -64,7 +64,8 @@ class _Metrics:
         )
         self.lateness = Histogram(
             "renewals_delivery_lateness_seconds",
-            "From when a reminder fell due in the due index (a caught-up one: when it was caught up) to the server accepting it.",
+            "From when a reminder fell due in the due index (a caught-up one: when it was caught up) "
+            "to the server accepting it.",
             buckets=_LATENESS_BUCKETS,
         )
         self.rule_reloads = Counter(
