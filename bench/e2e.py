@@ -97,8 +97,18 @@ def prepare(rt: Runtime, *populations: Population) -> None:
 class _Pipeline:
     """The production processes of one run: a scheduler and ``dramatiq worker.entrypoint`` with P x T."""
 
-    def __init__(self, ctx: BenchContext, rules_path: Path, *, processes: int, threads: int, name: str) -> None:
+    def __init__(
+        self,
+        ctx: BenchContext,
+        rules_path: Path,
+        *,
+        processes: int,
+        threads: int,
+        name: str,
+        worker_module: str = "worker.entrypoint",
+    ) -> None:
         self.ctx = ctx
+        self.worker_module = worker_module
         self.env = ctx.env(rules_path)
         self.processes = processes
         self.threads = threads
@@ -114,6 +124,7 @@ class _Pipeline:
             threads=self.threads,
             queues=["events", "deliveries"],
             log_path=self.ctx.log_path(f"{self.name}-workers"),
+            module=self.worker_module,
         )
 
     def warm_up(self, rt: Runtime, warm: Population, *, timeout_s: float = 90.0) -> float:
@@ -234,14 +245,20 @@ def run_burst(
     plan_rate_guess: float = 800.0,
     profiler: PySpy | None = None,
     profile_name: str | None = None,
+    worker_module: str = "worker.entrypoint",
 ) -> dict[str, Any]:
-    """``renewals`` reminders due at one instant T0 until every one is final; see the module docstring."""
+    """``renewals`` reminders due at one instant T0 until every one is final; see the module docstring.
+
+    ``worker_module`` is what ``dramatiq`` imports in the workers (a bench variant of the production one).
+    """
     ctx.flush()
     rules_path = write_bench_rules(ctx)
     pop = bench_population(renewals, "burst")
     warm = bench_population(_warm_up_size(processes, threads), "warm", partner_prefix="wp")
     rt = ctx.runtime(rules_path)
-    pipeline = _Pipeline(ctx, rules_path, processes=processes, threads=threads, name=f"burst-p{processes}")
+    pipeline = _Pipeline(
+        ctx, rules_path, processes=processes, threads=threads, name=f"burst-p{processes}", worker_module=worker_module
+    )
     result: dict[str, Any] = {"renewals": renewals, "processes": processes, "threads": threads}
     recordings: list[Recording] = []
     try:

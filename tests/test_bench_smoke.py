@@ -21,6 +21,8 @@ if str(ROOT) not in sys.path:
 
 from bench.baselines import naive_delivery, noop_drain, raw_aiosmtplib, sample_message, smtp_source  # noqa: E402
 from bench.context import BenchContext  # noqa: E402
+from bench.delivery_cpu import measure, without  # noqa: E402
+from bench.e2e import run_burst, write_bench_rules  # noqa: E402
 from bench.ingest import run_ingest  # noqa: E402
 from bench.procs import stop_all  # noqa: E402
 from bench.profiling import summarize  # noqa: E402
@@ -82,6 +84,23 @@ def test_bench_end_to_end_sends_each_reminder_once_through_the_real_scheduler_an
     steady = results["e2e"]["steady"]
     assert steady["completed"] and steady["outcomes"] == {"sent": 20} and steady["sink_ok"], steady
     assert bench.redis.dbsize() == 0  # every phase flushes its database
+
+
+@pytest.mark.integration
+def test_bench_delivery_cpu_measures_each_variant_and_every_reminder_is_sent(bench: BenchContext) -> None:
+    rules_path = write_bench_rules(bench)
+    for part in ("full", "history", "metrics", "send-time check"):
+        with without(part):
+            cpu_ms, rate = measure(bench, rules_path, n=12, concurrency=2, tag=part.replace(" ", "-"))
+        assert cpu_ms > 0 and rate > 0  # measure raises unless every reminder was recorded sent
+    received = bench.smtp.take()
+    assert received.messages == 48 and len(received.message_ids) == 12  # the same 12 reminders, once a run
+
+
+@pytest.mark.integration
+def test_bench_e2e_runs_with_the_ablated_workers_too(bench: BenchContext) -> None:
+    burst = run_burst(bench, renewals=10, processes=1, threads=2, worker_module="bench.ablated_entrypoint")
+    assert burst["completed"] and burst["outcomes"] == {"sent": 10} and burst["sink_ok"], burst
 
 
 @pytest.mark.integration
