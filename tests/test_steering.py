@@ -135,6 +135,9 @@ def test_retry_clears_only_a_failed_outcome_and_marks_the_renewal_for_planning(r
 
 def test_cancel_records_a_planned_reminder_skipped_and_takes_it_out_of_the_due_index(rt, redis_url):
     assert rt.due_index.size() == 1
+    typo = cli(redis_url, "cancel", "p1", "r1", "first-notise", "--reason", "client asked")
+    assert typo.returncode == 1 and "no reminder 'first-notise' in the rules in force" in typo.stderr
+    assert rt.ledger.outcomes("p1", "r1") == {} and rt.due_index.size() == 1
     proc = cli(redis_url, "cancel", "p1", "r1", "first-notice", "--reason", "client asked", "--by", "kim")
     assert proc.returncode == 0, proc.stderr
     cancelled = rt.ledger.outcome("p1", "r1", "first-notice")
@@ -224,3 +227,16 @@ def test_plan_lists_reminders_in_due_order_and_keeps_outcomes_of_removed_rules(r
     reminders = [r for r in rows if r in ("old-rule", "first-notice", "second-notice", "final-notice")]
     assert reminders == ["old-rule", "first-notice", "second-notice", "final-notice"]
     assert "old-rule (no longer in the rules): sent at 2026-12-01 00:00 UTC, <old@x>" in proc.stdout
+
+
+def test_history_outcome_takes_only_known_kinds_and_knows_every_steering_command(redis_url):
+    import re
+    from pathlib import Path
+
+    from worker.ops.history import HISTORY_OUTCOMES
+
+    steering = Path(__file__).resolve().parent.parent / "worker" / "ops" / "steering.py"
+    recorded = set(re.findall(r'_record\(rt, "([^"]+)"', steering.read_text()))
+    assert recorded and recorded <= set(HISTORY_OUTCOMES)
+    typo = cli(redis_url, "history", "--outcome", "sendt")
+    assert typo.returncode == 2 and "invalid choice: 'sendt'" in typo.stderr

@@ -37,6 +37,21 @@ CSV_COLUMNS = (
     "by",
 )
 
+# What ``--outcome`` takes: the ledger's outcomes, deferrals, and the steering commands' names.
+HISTORY_OUTCOMES = (
+    "sent",
+    "skipped",
+    "suppressed",
+    "failed",
+    "deferred",
+    "retry",
+    "cancel",
+    "suppressions add",
+    "suppressions remove",
+    "dead-letters replay",
+    "dead-letters purge",
+)
+
 
 def format_entry(entry: HistoryEntry) -> str:
     """One line a entry: when, what, which reminder, then the details that are there."""
@@ -108,8 +123,10 @@ def register(sub: argparse._SubParsersAction, runtime: Callable[[], Runtime]) ->
     p.add_argument("--renewal", help="only this renewal id")
     p.add_argument(
         "--outcome",
+        choices=HISTORY_OUTCOMES,
+        metavar="KIND",
         help="only this outcome: sent, skipped, suppressed, failed, deferred, or a steering command "
-        "(e.g. 'suppressions add', retry, cancel)",
+        "(retry, cancel, 'suppressions add', 'suppressions remove', 'dead-letters replay', 'dead-letters purge')",
     )
     p.add_argument(
         "--since", type=timestamp, help="only entries at or after this ISO 8601 date or time (UTC if no offset)"

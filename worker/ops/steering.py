@@ -20,6 +20,7 @@ from ..state.history import History, HistoryEntry
 from ..state.steering import cancel_reminder, dead_letter_rows, remove_dead_letters, retry_failed
 from ..state.suppressions import Suppression
 from .args import positive_int, timestamp
+from .rules_view import rules_for_views
 
 if TYPE_CHECKING:
     from ..service.runtime import Runtime
@@ -210,6 +211,14 @@ def _cmd_cancel(args: argparse.Namespace, runtime: RuntimeGetter) -> int:
     where = "/".join(ref)
     if rt.store.renewal_state(args.partner_id, args.renewal_id).updated_at is None:
         print(f"error: no events received for renewal {args.renewal_id} of partner {args.partner_id}", file=sys.stderr)
+        return 1
+    rule_ids = [rule.id for rule in rules_for_views(rt).reminders]
+    if args.reminder_id not in rule_ids:
+        # A typo would record a reminder that does not exist and leave the real one planned.
+        print(
+            f"error: no reminder {args.reminder_id!r} in the rules in force (reminders: {', '.join(rule_ids)})",
+            file=sys.stderr,
+        )
         return 1
     status, outcome = cancel_reminder(rt.ledger, *ref, reason=args.reason, by=args.by, now=rt.clock.now())
     if status == "in_flight":
