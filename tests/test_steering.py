@@ -108,6 +108,27 @@ def test_dead_letters_replay_dry_run_changes_nothing_and_replay_enqueues_the_fix
     assert unknown.returncode == 1 and "nope: no such dead letter" in unknown.stderr
 
 
+def test_replay_enqueues_a_kept_entry_whose_actor_is_known_now_and_keeps_entries_that_are_no_message(rt, redis_url):
+    event = json.dumps(partner_updated(partner_id="p8", at="2026-11-30T00:00:00Z"))
+    entry = {"queue_name": "events", "actor_name": "ingest_event", "args": [event], "kwargs": {}, "options": {}}
+    future = {**entry, "actor_name": "ingest_from_the_future"}
+    for raw, reason in (
+        (json.dumps(entry), "unknown_actor"),  # kept by a worker deployed before the actor was
+        (json.dumps(future), "unknown_actor"),
+        ("\\xff not json", "undecodable_message"),
+    ):
+        rt.store.add_dead_letter(raw, reason, [("", "as a worker keeps it")], now=NOW)
+    dry = cli(redis_url, "dead-letters", "replay", "--all", "--dry-run")
+    assert dry.returncode == 1  # as the replay itself: not everything can go
+    assert "ingest_event is known now, would be enqueued on events" in dry.stdout
+    assert "still no actor 'ingest_from_the_future' in this version, kept" in dry.stdout
+    assert "cannot be run (undecodable_message); nothing to replay, purge it, kept" in dry.stdout
+    assert rt.broker.do_qsize("events") == 0
+    proc = cli(redis_url, "dead-letters", "replay", "--all")
+    assert proc.returncode == 1 and rt.broker.do_qsize("events") == 1
+    assert sorted(d.reason for d in rt.store.dead_letters()) == ["undecodable_message", "unknown_actor"]
+
+
 def test_dead_letters_purge_before_a_date_removes_only_older_ones(rt, redis_url):
     rt.store.add_dead_letter('{"old": 1}', "invalid_event", [], now=datetime(2026, 10, 1, tzinfo=UTC))
     rt.store.add_dead_letter('{"new": 1}', "invalid_event", [], now=datetime(2026, 12, 1, tzinfo=UTC))

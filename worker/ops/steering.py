@@ -139,8 +139,18 @@ def _cmd_dead_letters_replay(args: argparse.Namespace, runtime: RuntimeGetter) -
         for dead_id in sorted(missing):
             print(f"{dead_id}: no such dead letter", file=sys.stderr)
     now = rt.clock.now()
-    valid, texts = [], []
+    valid, texts, messages = [], [], []
+    will = "would be enqueued" if args.dry_run else "enqueued"
     for row in reversed(rows):  # oldest first: events go back on the queue in the order they came
+        if row.letter.reason in _QUEUE_ENTRY_REASONS:
+            message, why = _queue_message(rt, row)
+            if message is None:
+                print(f"{row.id}: {why}, kept")
+                continue
+            valid.append(row)
+            messages.append(message)
+            print(f"{row.id}: {message.actor_name} is known now, {will} on {message.queue_name}")
+            continue
         try:
             event = screen_event(row.letter.raw, now=now, max_future_s=rt.settings.event_max_future_s)
         except InvalidEvent as exc:
@@ -148,19 +158,46 @@ def _cmd_dead_letters_replay(args: argparse.Namespace, runtime: RuntimeGetter) -
             continue
         valid.append(row)
         texts.append(row.letter.raw)
-        print(
-            f"{row.id}: valid ({event.type} {event.event_id}), " + ("would be enqueued" if args.dry_run else "enqueued")
-        )
+        print(f"{row.id}: valid ({event.type} {event.event_id}), {will}")
     if args.dry_run:
         print(f"dry run: {len(valid)} of {len(rows)} would be enqueued; nothing changed")
-        return 0
+        return 1 if _not_all_replayed(args, rows, valid) else 0
     send_batches(rt, texts)
+    for message in messages:
+        rt.broker.enqueue(message)
     remove_dead_letters(rt.redis, rt.keys, valid)
     if valid:
         ids = ", ".join(r.id for r in valid)
         _record(rt, "dead-letters replay", args.by, reason=f"{len(valid)} enqueued: {ids}")
     print(f"enqueued {len(valid)} of {len(rows)}; the rest stay in the dead letters")
     return 1 if _not_all_replayed(args, rows, valid) else 0
+
+
+# Dead letters that are whole queue entries rather than events (see ``service.broker``).
+_QUEUE_ENTRY_REASONS = ("unknown_actor", "undecodable_message", "malformed_message")
+
+
+def _queue_message(rt: Runtime, row: Any) -> tuple[Any, str]:
+    """The dramatiq message a kept queue entry can be enqueued as again, or None and why not.
+
+    An entry for an actor this version now has (a producer was deployed before its worker) goes
+    back as it was; an entry that is no message, or a message whose arguments are no events,
+    cannot: purge it once seen.
+    """
+    from dramatiq import Message
+
+    from ..service.broker import read_entry
+
+    if row.letter.reason != "unknown_actor":
+        return None, f"a queue entry that cannot be run ({row.letter.reason}); nothing to replay, purge it"
+    try:
+        fields = read_entry(row.letter.raw.encode("utf-8"))
+    except ValueError as exc:
+        return None, f"not a message: {exc}"
+    if fields["actor_name"] not in rt.broker.actors:
+        return None, f"still no actor {fields['actor_name']!r} in this version"
+    fields["args"] = tuple(fields["args"])
+    return Message(**fields), ""
 
 
 def _not_all_replayed(args: argparse.Namespace, rows: list[Any], valid: list[Any]) -> bool:
