@@ -281,6 +281,13 @@ def test_a_client_change_marks_every_renewal_of_the_client_through_one_mark(rt):
     assert due_entries(rt) == {}
 
 
+def test_a_renewal_marked_itself_and_through_its_partner_counts_once_in_what_flush_planned(rt):
+    for rid in ("r1", "r2"):
+        rt.store.apply(parse_event(renewal_updated(renewal_id=rid)), now=NOW)
+    rt.store.apply(parse_event(partner_updated(at="2026-12-02T00:00:00Z")), now=NOW)
+    assert rt.planning.flush(rt.rules(), NOW) == 2
+
+
 def test_stale_and_duplicate_events_mark_nothing(rt):
     raw = renewal_updated(at="2026-12-02T00:00:00Z")
     rt.store.apply(parse_event(raw), now=NOW)

@@ -164,7 +164,7 @@ class Planning:
         self._clear_dirty = LuaScript(client, _CLEAR_DIRTY)
 
     def flush(self, rules: RuleSet, now: datetime, *, limit: int = 100_000, budget_s: float | None = None) -> int:
-        """Re-plan what applied events marked dirty, in batches; returns how many renewals were planned.
+        """Re-plan what applied events marked dirty, in batches; returns how many distinct renewals were planned.
 
         Any number of processes may flush at once: a renewal planned twice gets the same plan, and
         a mark is only cleared if no newer event renewed it meanwhile. A partner's mark is first
@@ -174,6 +174,7 @@ class Planning:
         """
         started = time.monotonic()
         planned = 0
+        distinct: set[tuple[str, str]] = set()  # a renewal marked directly and through its partner counts once
         while planned < limit:
             rows = self.redis.zrange(self.keys.dirty(), 0, _BATCH - 1, withscores=True)
             if not rows:
@@ -200,13 +201,14 @@ class Planning:
             for start in range(0, len(pairs), _BATCH):
                 self._replan_batch(pairs[start : start + _BATCH], rules, now)
             planned += len(pairs)
+            distinct.update(pairs)
             args: list[bytes | str] = []
             for member, score in handled:
                 args += [member, repr(score)]
             self._clear_dirty(keys=[self.keys.dirty()], args=args)
             if budget_s is not None and time.monotonic() - started >= budget_s:
                 break
-        return planned
+        return len(distinct)
 
     def view(self, partner_id: str, renewal_id: str) -> RenewalView:
         return self.views([(partner_id, renewal_id)])[0]
