@@ -58,11 +58,13 @@ def test_requiring_action_prints_a_table_sorted_by_deadline_with_totals(stored):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == [
-        "client_domain", "owner", "deadline", "days_left", "currency", "current_mrr", "renewal_mrr", "mrr_change",
+        "client_domain", "renewal_id", "owner", "deadline", "days_left", "currency", "current_mrr", "renewal_mrr",
+        "mrr_change",
     ]  # fmt: skip
-    assert lines[1].split()[:2] == ["acme.com", "hubspot"]
-    assert lines[1].split()[3] == "10"
-    assert lines[2].split()[:2] == ["globex.com", "partner"]
+    assert lines[1].split()[:3] == ["acme.com", "r1", "hubspot"]
+    assert lines[1].split()[4] == "10"
+    assert lines[1].split()[-1] == "+100.00"  # signed, as the totals are
+    assert lines[2].split()[:3] == ["globex.com", "r2", "partner"]
     assert "EUR: 2 renewal(s), current MRR 1600.00, renewal MRR 1800.00, change +200.00" in proc.stdout
 
 

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Literal
 
 from ..domain.digest import DigestRow, currency_totals, digest_recipients, requiring_action, rows_for
@@ -65,7 +66,17 @@ def _values(row: DigestRow) -> dict[str, str | int]:
     }
 
 
-_TABLE = ("client_domain", "owner", "deadline", "days_left", "currency", "current_mrr", "renewal_mrr", "mrr_change")
+_TABLE = (
+    "client_domain",
+    "renewal_id",
+    "owner",
+    "deadline",
+    "days_left",
+    "currency",
+    "current_mrr",
+    "renewal_mrr",
+    "mrr_change",
+)
 
 
 def format_rows(rows: Sequence[DigestRow], output: OutputFormat, *, horizon_days: int) -> str:
@@ -83,6 +94,7 @@ def format_rows(rows: Sequence[DigestRow], output: OutputFormat, *, horizon_days
         return f"no renewal requires action in the next {horizon_days} days\n"
     for v in values:
         v["client_domain"] = v["client_domain"] or v["client_id"]  # details not received yet: the id names it
+        v["mrr_change"] = f"{Decimal(str(v['mrr_change'])):+}"  # signed, as the totals are
     table = [list(_TABLE)] + [[str(v[c]) for c in _TABLE] for v in values]
     widths = [max(len(line[i]) for line in table) for i in range(len(_TABLE))]
     right = {"days_left", "current_mrr", "renewal_mrr", "mrr_change"}
