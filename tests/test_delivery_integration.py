@@ -189,8 +189,16 @@ def test_a_dropped_connection_is_retried_and_delivered_once(pipeline):
     assert len(server.messages) == 1
 
 
+def refused_count() -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"outcome": "failed", "reason": "refused"}
+    return REGISTRY.get_sample_value("renewals_reminders_total", labels) or 0.0
+
+
 def test_a_5xx_refusal_fails_without_retry_and_suppresses_the_address_for_later_reminders(pipeline):
     rt, clock, server = pipeline
+    refused_before = refused_count()
     seed(rt, contacts={"primary": person("Gone", "gone@example.com")})
     server.refuse("gone@example.com", "550 5.1.1 No such user")
     ingest(rt, partner_updated(notify_user=None, at="2026-12-01T11:00:00Z"))
@@ -198,6 +206,7 @@ def test_a_5xx_refusal_fails_without_retry_and_suppresses_the_address_for_later_
     wait_for(lambda: outcome(rt) is not None)
     first = outcome(rt)
     assert first.kind == "failed" and "550" in first.reply
+    wait_for(lambda: refused_count() == refused_before + 1)  # the metric names why it failed
     assert server.messages == []
     fire_due(rt, clock, datetime(2027, 1, 22, 14, 0, tzinfo=UTC))
     wait_for(lambda: outcome(rt, "second-notice") is not None)

@@ -60,7 +60,7 @@ def _envelope_sender(mail_from: str) -> str:
 async def deliver(
     rt: Context, partner_id: str, renewal_id: str, reminder_id: str, *, last_try: bool, attempt: int = 1
 ) -> str:
-    """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, waiting, ...).
+    """Deliver one reminder at most once; returns what happened (sent, skipped:<why>, failed:<why>, waiting, ...).
 
     Raises what a retry may fix (a deferred send, a lost connection, a busy lease).
     """
@@ -354,7 +354,7 @@ class _Send:
                 Outcome("failed", rt.clock.now(), reason="invalid_message", message_id=self.message_id, reply=str(exc)),
             )
             _log.error("%s/%s/%s cannot be built: %s", partner_id, renewal_id, reminder_id, exc)
-            return "failed"
+            return "failed:invalid_message"
         except PermanentSendError as exc:
             recorder.add(suppress=self._refused(dict.fromkeys(exc.recipients, str(exc))))
             self._finish(
@@ -362,7 +362,7 @@ class _Send:
                 Outcome("failed", rt.clock.now(), reason="refused", message_id=self.message_id, reply=str(exc)),
             )
             _log.error("%s/%s/%s refused: %s", partner_id, renewal_id, reminder_id, exc)
-            return "failed"
+            return "failed:refused"
         except Exception as exc:
             # Deferred sends, lost connections, Redis away at the check, a template or SMTP login ops
             # can fix before retries run out, or a bug: retried with backoff, failed on the last try.
@@ -378,7 +378,7 @@ class _Send:
                 token="",
             )
             _log.error("%s/%s/%s failed after retries: %s", partner_id, renewal_id, reminder_id, exc)
-            return "failed"
+            return "failed:retries exhausted"
         except BaseException:
             self._give_back(keep_claim=True)
             raise
