@@ -221,6 +221,9 @@ class _Checks:
         self._window_s = rt.settings.send_check_window_ms / 1000
         self._asked: list[_Asked] = []
         self._kicked: dict[Recorder, None] = {}
+        # Recorders whose write failed (Redis away): carried by the next checks, which must not start
+        # a transaction before what an earlier one on the same connection had accepted is written.
+        self._unwritten: dict[Recorder, None] = {}
         self._running = False
         self._drainer: asyncio.Future[None] | None = None
 
@@ -251,11 +254,12 @@ class _Checks:
                 # Group commit: the checks and records asked for in the next moment share the round trip.
                 await asyncio.sleep(self._window_s)
                 asked, self._asked = self._asked, []
-                recorders = list(self._kicked) + [a[0] for a in asked]
-                self._kicked = {}
+                recorders = dict.fromkeys([*self._unwritten, *self._kicked, *(a[0] for a in asked)])
+                self._kicked, self._unwritten = {}, {}
                 try:
-                    results = self._read(dict.fromkeys(recorders), asked)
-                except Exception as exc:  # what the recorders hold stays for their flush
+                    results = self._read(recorders, asked)
+                except Exception as exc:  # what the recorders hold stays, for the next checks and their flush
+                    self._unwritten = {recorder: None for recorder in recorders if recorder.pending}
                     for *_, future in asked:
                         if not future.done():
                             future.set_exception(exc)
