@@ -20,6 +20,7 @@ from factories import client_updated, partner_updated, person, renewal_updated, 
 
 from worker.domain.events import parse_event
 from worker.mail.message import message_id_for
+from worker.ops.inspect import describe_plan
 from worker.service.clock import VirtualClock
 from worker.service.delivery import LeaseBusy, deliver
 from worker.service.runtime import Runtime, build_runtime, set_runtime
@@ -206,6 +207,12 @@ def test_a_5xx_refusal_fails_without_retry_and_suppresses_the_address_for_later_
     wait_for(lambda: outcome(rt) is not None)
     first = outcome(rt)
     assert first.kind == "failed" and "550" in first.reply
+    assert first.to == ("gone@example.com",)  # who it was for, marked refused in `plan` and the history
+    assert first.extra["refused"] == {"gone@example.com": first.reply}
+    plan = describe_plan(rt, "p1", "r1", rules=rt.rules())
+    assert "failed (refused)" in plan and "to gone@example.com (REFUSED: SMTP " in plan
+    (entry,) = [e for e in rt.ledger.history.entries() if e.outcome == "failed"]
+    assert entry.to == ("gone@example.com",) and "refused: gone@example.com" in entry.reason
     wait_for(lambda: refused_count() == refused_before + 1)  # the metric names why it failed
     assert server.messages == []
     fire_due(rt, clock, datetime(2027, 1, 22, 14, 0, tzinfo=UTC))

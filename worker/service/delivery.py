@@ -361,10 +361,18 @@ class _Send:
             return "failed:invalid_message"
         except PermanentSendError as exc:
             recorder.add(suppress=self._refused(dict.fromkeys(exc.recipients, str(exc))))
-            self._finish(
-                recorder,
-                Outcome("failed", rt.clock.now(), reason="refused", message_id=self.message_id, reply=str(exc)),
+            tried = self.sent  # who the refused message was for: the history and `plan` show them
+            outcome = Outcome(
+                "failed",
+                rt.clock.now(),
+                reason="refused",
+                message_id=self.message_id,
+                to=tried.to if tried else (),
+                cc=tried.cc if tried else (),
+                reply=str(exc),
+                extra={"refused": dict.fromkeys(exc.recipients, str(exc))} if exc.recipients else {},
             )
+            self._finish(recorder, outcome)
             _log.error("%s/%s/%s refused: %s", partner_id, renewal_id, reminder_id, exc)
             return "failed:refused"
         except Exception as exc:
