@@ -83,7 +83,7 @@ def decide(
     for skipped in plan.skipped:
         if skipped.reminder_id == reminder_id:
             return Skip(skipped.reason)
-    planned = next((p for p in plan.planned if p.reminder_id == reminder_id), None)
+    planned = plan.planned_reminder(reminder_id)
     if planned is None or renewal is None or plan.deadline is None:
         return Skip("not_applicable")
     if planned.due_at > now + NOT_DUE_TOLERANCE:

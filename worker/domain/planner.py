@@ -92,6 +92,9 @@ class Plan:
     skipped: tuple[SkippedReminder, ...] = ()
     inactive_reason: str | None = None
 
+    def planned_reminder(self, reminder_id: str) -> PlannedReminder | None:
+        return next((p for p in self.planned if p.reminder_id == reminder_id), None)
+
 
 def renewal_deadline(start_date: date, rules: RuleSet) -> date:
     """The last day on which the contract terms can still be changed."""
