@@ -105,10 +105,9 @@ async def deliver_many(
             results[i] = "already_final"
             continue
         plan = view.plan(rules, now)
-        if planned_at is not None:
-            for item in plan.planned:
-                if item.reminder_id == reminder_id:
-                    planned_at[ref] = item.planned_at
+        item = plan.planned_reminder(reminder_id)
+        if planned_at is not None and item is not None:
+            planned_at[ref] = item.planned_at
         decision = _decide(rt, view, reminder_id, plan, rules, now)
         # Once this reminder is final, the renewal is planned again when another reminder follows:
         # the due index holds only each renewal's next one.
@@ -224,7 +223,6 @@ class _Checks:
         # Recorders whose write failed (Redis away): carried by the next checks, which must not start
         # a transaction before what an earlier one on the same connection had accepted is written.
         self._unwritten: dict[Recorder, None] = {}
-        self._running = False
         self._drainer: asyncio.Future[None] | None = None
 
     async def read(
@@ -243,32 +241,30 @@ class _Checks:
         self._start()
 
     def _start(self) -> None:
-        if not self._running:
-            self._running = True
+        # The drainer leaves its loop and ends without yielding, so one that is not done will see
+        # what was just asked.
+        if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
         # Runs as a task: the checks asked for in the same turn of the event loop share a pipeline.
-        try:
-            while self._asked or self._kicked:
-                # Group commit: the checks and records asked for in the next moment share the round trip.
-                await asyncio.sleep(self._window_s)
-                asked, self._asked = self._asked, []
-                recorders = dict.fromkeys([*self._unwritten, *self._kicked, *(a[0] for a in asked)])
-                self._kicked, self._unwritten = {}, {}
-                try:
-                    results = self._read(recorders, asked)
-                except Exception as exc:  # what the recorders hold stays, for the next checks and their flush
-                    self._unwritten = {recorder: None for recorder in recorders if recorder.pending}
-                    for *_, future in asked:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (*_, future), result in zip(asked, results, strict=True):
+        while self._asked or self._kicked:
+            # Group commit: the checks and records asked for in the next moment share the round trip.
+            await asyncio.sleep(self._window_s)
+            asked, self._asked = self._asked, []
+            recorders = dict.fromkeys([*self._unwritten, *self._kicked, *(a[0] for a in asked)])
+            self._kicked, self._unwritten = {}, {}
+            try:
+                results = self._read(recorders, asked)
+            except Exception as exc:  # what the recorders hold stays, for the next checks and their flush
+                self._unwritten = {recorder: None for recorder in recorders if recorder.pending}
+                for *_, future in asked:
                     if not future.done():
-                        future.set_result(result)
-        finally:
-            self._running = False
+                        future.set_exception(exc)
+                continue
+            for (*_, future), result in zip(asked, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     def _read(
         self, recorders: dict[Recorder, None], asked: list[_Asked]
