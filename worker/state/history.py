@@ -87,24 +87,9 @@ class HistoryEntry:
         name, which Redis stores once per stream node. Entries written as one field per value (before
         2026-12-04) are still read.
         """
-        values = [
-            self.kind,
-            self.at.isoformat(),
-            self.outcome,
-            self.partner,
-            self.client,
-            self.renewal,
-            self.reminder,
-            self.reason,
-            list(self.to),
-            list(self.cc),
-            self.message_id,
-            self.reply,
-            self.attempt,
-            self.by,
-            self.uid,
-        ]
-        return {"e": json.dumps(values, ensure_ascii=False, separators=(",", ":"))}
+        values = {name: getattr(self, name) for name in _FIELDS}
+        values.update(at=self.at.isoformat(), to=list(self.to), cc=list(self.cc))
+        return {"e": json.dumps([values[name] for name in _FIELDS], ensure_ascii=False, separators=(",", ":"))}
 
     @classmethod
     def from_fields(cls, entry_id: bytes | str, data: dict[bytes, bytes]) -> HistoryEntry:
