@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,7 +11,12 @@ import redis
 
 from .keys import COUNTS_TTL_S, HOUR_S, Keys
 
-__all__ = ["OutcomeCounts", "SmtpAlarm", "SmtpAlarmState"]
+__all__ = [
+    "OutcomeCounts",
+    "SmtpAlarm",
+    "SmtpAlarmState",
+    "queue_outcome_counts",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,15 @@ class SmtpAlarm:
         )
 
 
+def queue_outcome_counts(pipe: redis.client.Pipeline, keys: Keys, counts: Mapping[str, int], *, at: datetime) -> int:
+    """Count outcomes of the hour ``at`` falls in, in a pipeline the caller runs; returns the replies it adds."""
+    key = keys.outcome_counts_at(at)
+    for kind, count in counts.items():
+        pipe.hincrby(key, kind, count)
+    pipe.expire(key, COUNTS_TTL_S)
+    return len(counts) + 1
+
+
 class OutcomeCounts:
     """Delivery outcomes counted by kind in hourly hashes, for "the last 24 hours" without a scan.
 
@@ -71,11 +85,8 @@ class OutcomeCounts:
         counts = Counter(kinds)
         if not counts:
             return
-        key = self.keys.outcome_counts(int(now.timestamp()) // HOUR_S)
         with self.redis.pipeline(transaction=False) as pipe:
-            for kind, count in counts.items():
-                pipe.hincrby(key, kind, count)
-            pipe.expire(key, COUNTS_TTL_S)
+            queue_outcome_counts(pipe, self.keys, counts, at=now)
             pipe.execute()
 
     def last_day(self, *, now: datetime) -> dict[str, int]:

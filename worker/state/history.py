@@ -16,7 +16,8 @@ from typing import Any, Literal, cast
 
 import redis
 
-from .keys import COUNTS_TTL_S, HOUR_S, Keys
+from .alarms import queue_outcome_counts
+from .keys import Keys
 
 __all__ = [
     "ATTEMPTS_TTL_S",
@@ -180,10 +181,7 @@ class History:
             pipe.xadd(self.keys.history(), entry.to_fields(), minid=min_id, approximate=True)  # type: ignore[arg-type]
             count += 1
             if entry.kind == "deferral":
-                counts = self.keys.outcome_counts(int(entry.at.timestamp()) // HOUR_S)
-                pipe.hincrby(counts, "deferred", 1)
-                pipe.expire(counts, COUNTS_TTL_S)
-                count += 2
+                count += queue_outcome_counts(pipe, self.keys, {"deferred": 1}, at=entry.at)
             if entry.kind == "deferral" and entry.partner and entry.renewal and entry.reminder:
                 # Kept on the reminder too, so `plan` shows attempts and the last error without a scan.
                 key = self.keys.attempts(entry.partner, entry.renewal)

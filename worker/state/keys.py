@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = ["CLIENT_BUCKETS", "COUNTS_TTL_S", "HOUR_S", "SEP", "Keys", "key_part"]
 
@@ -146,6 +150,10 @@ class Keys:
     def outcome_counts(self, hour: int) -> str:
         """Hash: delivery outcome -> count, for the hour starting at ``hour`` (epoch hours); kept a day."""
         return f"{self.prefix}:stats:outcomes:{hour}"
+
+    def outcome_counts_at(self, moment: datetime) -> str:
+        """``outcome_counts`` of the hour ``moment`` falls in."""
+        return self.outcome_counts(int(moment.timestamp()) // HOUR_S)
 
     def digest_periods(self) -> str:
         """Hash: partner id -> the id of the last digest period enqueued for it (``digest/2026-W49``)."""

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import redis
 
 from .history import History, HistoryEntry
-from .keys import COUNTS_TTL_S, HOUR_S, SEP, Keys
+from .keys import COUNTS_TTL_S, SEP, Keys
 from .scripts import LuaScript, run_pipeline
 from .store import dirty_member
 from .suppressions import Suppression, Suppressions
@@ -227,8 +227,14 @@ class Ledger:
         k = self.keys
         for (pid, rid, rem), outcome, token, plan_next in items:
             score = int(outcome.at.timestamp() * 1000)
-            counts = k.outcome_counts(score // (1000 * HOUR_S))
-            keys = [k.ledger(pid, rid), k.lease(pid, rid, rem), k.due(), k.claimed(), k.dirty(), counts]
+            keys = [
+                k.ledger(pid, rid),
+                k.lease(pid, rid, rem),
+                k.due(),
+                k.claimed(),
+                k.dirty(),
+                k.outcome_counts_at(outcome.at),
+            ]
             mark = dirty_member("renewal", pid, rid) if plan_next else ""
             args = [rem, token, outcome.to_json(), due_member(pid, rid, rem), mark, score, outcome.kind, COUNTS_TTL_S]
             self._finish.queue(pipe, keys=keys, args=args)
