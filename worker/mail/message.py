@@ -26,11 +26,12 @@ import email.policy
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from functools import lru_cache
+from functools import lru_cache, wraps
+from typing import ParamSpec
 
 import idna
 
@@ -56,6 +57,8 @@ _ADDR_SPECIALS = re.compile(r"[\s<>()\[\],;:\\\"]")
 _DOT_ATOM_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _MESSAGE_ID = re.compile(r"<[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+>")
 _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
+
+_P = ParamSpec("_P")
 
 
 def _reject_controls(value: str, what: str) -> None:
@@ -225,6 +228,22 @@ def needs_smtputf8(addresses: Iterable[str]) -> bool:
     return not all(address.isascii() for address in addresses)
 
 
+def _invalid_message(build: Callable[_P, bytes]) -> Callable[_P, bytes]:
+    """Data that no valid message can carry comes out as InvalidMessage, whatever check refused it."""
+
+    @wraps(build)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> bytes:
+        try:
+            return build(*args, **kwargs)
+        except InvalidMessage:
+            raise
+        except ValueError as exc:
+            raise InvalidMessage(str(exc)) from exc
+
+    return checked
+
+
+@_invalid_message
 def build_message(
     rendered: RenderedEmail,
     *,
@@ -241,24 +260,6 @@ def build_message(
     Data that no valid message can carry raises InvalidMessage (a ValueError); a bad MAIL_FROM is
     our configuration, ConfigError.
     """
-    try:
-        return _build(rendered, mail_from, to, cc, reply_to, message_id, reminder_tag, sent_at)
-    except InvalidMessage:
-        raise
-    except ValueError as exc:
-        raise InvalidMessage(str(exc)) from exc
-
-
-def _build(
-    rendered: RenderedEmail,
-    mail_from: str,
-    to: Sequence[Person],
-    cc: Sequence[Person],
-    reply_to: Person | None,
-    message_id: str,
-    reminder_tag: str,
-    sent_at: datetime,
-) -> bytes:
     if not to:
         raise ValueError("a message needs at least one To recipient")
     if sent_at.tzinfo is None or sent_at.utcoffset() is None:
